@@ -140,7 +140,9 @@ class SujiEncoder(nn.Module):
         for i in range(self.config.num_hidden_layers):
             layer = self.layer_for(i)
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, mask, rotary, cache, i, use_reentrant=False)
+                # transformers' gradient_checkpointing_enable() sets the flag and this function
+                checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
+                x = checkpoint(layer, x, mask, rotary, cache, i)
             else:
                 x = layer(x, mask, rotary, cache, i)
             if output_hidden_states:
@@ -221,9 +223,6 @@ class SujiPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, SujiLMHead) and module.bias is not None:
             init.zeros_(module.bias)
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
-        self.base_model.encoder.gradient_checkpointing = enable
 
     def untie_layers(self) -> None:
         """ALBERT: turn a cross-layer-shared model into an equivalent unshared one, so that each

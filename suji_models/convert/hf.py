@@ -79,24 +79,32 @@ BASE_RULES = {
     ],
 }
 HEAD_RULES = {
-    "bert": _MLM_HEAD + [("classifier.{p}", "classifier.{p}")],
-    # RoFormer's classification head is dense+act on [CLS] then out_proj: Suji's pooler + classifier.
-    "roformer": _MLM_HEAD
-    + [("classifier.dense.{p}", "suji.pooler.dense.{p}"), ("classifier.out_proj.{p}", "classifier.{p}"),
-       ("classifier.{p}", "classifier.{p}")],
+    "bert": _MLM_HEAD,
+    "roformer": _MLM_HEAD,
     "albert": [
         ("predictions.dense.{p}", "lm_head.transform.dense.{p}"),
         ("predictions.LayerNorm.{p}", "lm_head.transform.norm.{p}"),
         ("predictions.decoder.weight", "lm_head.decoder.weight"),
         ("predictions.bias", "lm_head.bias"),
-        ("classifier.{p}", "classifier.{p}"),
     ],
-    "gpt2": [
-        ("lm_head.weight", "lm_head.decoder.weight"),
-        ("score.weight", "classifier.weight"),
-        ("classifier.{p}", "classifier.{p}"),
-    ],
+    "gpt2": [("lm_head.weight", "lm_head.decoder.weight")],
 }
+# Sequence classifiers that transformers names differently from the token classifier
+# (`classifier`). RoFormer's is dense+act on [CLS] then out_proj: Suji's pooler + classifier.
+SEQUENCE_CLASSIFIER_RULES = {
+    "roformer": [("classifier.dense.{p}", "suji.pooler.dense.{p}"), ("classifier.out_proj.{p}", "classifier.{p}")],
+    "gpt2": [("score.weight", "classifier.weight")],
+}
+_CLASSIFIER = [("classifier.{p}", "classifier.{p}")]
+
+
+def head_rules(family: str, sequence_classifier: bool = True):
+    """Head name rules; importing uses all of them (names are unambiguous in that direction),
+    exporting picks the sequence- or token-classifier naming by the model's head."""
+    seq = SEQUENCE_CLASSIFIER_RULES.get(family, []) if sequence_classifier else []
+    return HEAD_RULES[family] + seq + _CLASSIFIER
+
+
 # Names we know and deliberately do not load: duplicated tied biases, NSP / SOP heads, buffers
 # that are recomputed (RoFormer's sinusoid table, GPT2's causal-mask buffers, position_ids).
 IGNORED = [
@@ -150,7 +158,7 @@ def hf_to_suji_state_dict(hf_state: dict, family: str, suji_prefix: str = "suji.
             target = suji_prefix + target
             if family == "gpt2" and _GPT2_TRANSPOSED.search(base_name):
                 tensor = tensor.t().contiguous()
-        elif not name.startswith(prefix) and (target := _rename(name, HEAD_RULES[family])) is not None:
+        elif not name.startswith(prefix) and (target := _rename(name, head_rules(family))) is not None:
             if target.startswith("suji."):
                 target = suji_prefix + target[len("suji."):]
         elif any(re.fullmatch(p, name) for p in IGNORED):
@@ -163,10 +171,10 @@ def hf_to_suji_state_dict(hf_state: dict, family: str, suji_prefix: str = "suji.
     return result
 
 
-def suji_to_hf_state_dict(state: dict, family: str, hf_prefix: str, head_rules=None):
+def suji_to_hf_state_dict(state: dict, family: str, hf_prefix: str, rules=None):
     """Suji state dict -> (transformers state dict, Suji names with no transformers counterpart).
     `hf_prefix` is e.g. "bert." for head models, "" for a bare backbone."""
-    head_rules = HEAD_RULES[family] if head_rules is None else head_rules
+    rules = head_rules(family) if rules is None else rules
     out, qkv, unmapped = {}, {}, []
     for name, tensor in state.items():
         base_name = name[len("suji."):] if name.startswith("suji.") else name
@@ -179,7 +187,7 @@ def suji_to_hf_state_dict(state: dict, family: str, hf_prefix: str, head_rules=N
                 tensor = tensor.t()
             target = hf_prefix + target
         else:
-            target = _rename(name, head_rules, reverse=True)
+            target = _rename(name, rules, reverse=True)
             if target is None:
                 unmapped.append(name)
                 continue
@@ -357,10 +365,8 @@ def export_to_transformers(model, save_directory, **save_kwargs):
         hf_config.is_decoder = True
     hf_model = getattr(transformers, hf_name)(hf_config)
     prefix = "" if kind == "SujiModel" else BASE_PREFIX[family] + "."
-    head_rules = HEAD_RULES[family]
-    if family == "roformer" and kind == "SujiForTokenClassification":  # a plain classifier, no out_proj
-        head_rules = [r for r in head_rules if "out_proj" not in r[0]]
-    state, unmapped = suji_to_hf_state_dict(model.state_dict(), family, prefix, head_rules)
+    rules = head_rules(family, sequence_classifier=kind == "SujiForSequenceClassification")
+    state, unmapped = suji_to_hf_state_dict(model.state_dict(), family, prefix, rules)
     # RoFormerModel has no pooler: a bare RoFormer backbone's pooler is the only thing left behind.
     dropped = [k for k in unmapped if family == "roformer" and kind == "SujiModel" and k.startswith("pooler.")]
     if set(unmapped) - set(dropped):

@@ -1,0 +1,155 @@
+"""Behaviour of the core that parity alone does not show: ALBERT untying, UniLM, init, presets."""
+
+import math
+
+import pytest
+import torch
+
+import suji_models as S
+from suji_models.attention import build_attention_mask
+
+
+def test_untie_layers_keeps_outputs_then_layers_train_independently():
+    model = S.SujiForMaskedLM(S.SujiConfig.from_preset("albert-tiny-test")).eval()
+    assert len(model.suji.encoder.layers) == 1  # one shared layer run 3 times
+    shared_params = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(1, 128, (2, 10))
+    before = model(input_ids=ids).logits
+
+    model.untie_layers()
+    layers = model.suji.encoder.layers
+    assert len(layers) == 3 and model.config.num_hidden_groups == 3
+    assert sum(p.numel() for p in model.parameters()) == shared_params + 2 * sum(p.numel() for p in layers[0].parameters())
+    torch.testing.assert_close(model(input_ids=ids).logits, before, atol=0, rtol=0)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    labels = torch.randint(0, 128, (2, 10))
+    model(input_ids=ids, labels=labels).loss.backward()
+    optimizer.step()
+    w = [layer.ffn_in.weight for layer in layers]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    assert w[0].data_ptr() != w[1].data_ptr()
+
+
+def test_untied_model_saves_and_reloads_unshared(tmp_path):
+    model = S.SujiForMaskedLM(S.SujiConfig.from_preset("albert-tiny-test"))
+    model.untie_layers()
+    model.save_pretrained(tmp_path)
+    reloaded = S.SujiForMaskedLM.from_pretrained(tmp_path)
+    assert len(reloaded.suji.encoder.layers) == 3
+    for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_unilm_mask_from_segments():
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    mask = build_attention_mask("unilm", 6, 6, segment_ids=segments)[0, 0]
+    for i in range(6):
+        for j in range(6):
+            expected = j < 3 if i < 3 else j <= i  # source: whole source; target: source + earlier target
+            assert bool(mask[i, j]) == expected, (i, j)
+
+
+def test_unilm_outputs_respect_the_mask():
+    model = S.SujiForUniLM(S.SujiConfig.from_preset("bert-tiny")).eval()
+    ids = torch.randint(5, 128, (1, 10))
+    types = torch.tensor([[0] * 5 + [1] * 5])
+    base = model(input_ids=ids, token_type_ids=types).logits
+    changed = ids.clone()
+    changed[0, 8] = (ids[0, 8] + 1) % 128  # a later target token
+    after = model(input_ids=changed, token_type_ids=types).logits
+    torch.testing.assert_close(after[0, :8], base[0, :8], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[0, 8:], base[0, 8:])
+
+
+def test_unilm_loss_scores_only_target_tokens():
+    model = S.SujiForUniLM(S.SujiConfig.from_preset("roformer-tiny"))
+    ids = torch.randint(5, 128, (2, 8))
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 0]])
+    mask = torch.tensor([[1] * 8, [1] * 7 + [0]])
+    labels = S.SujiForUniLM.unilm_labels(ids, types, mask)
+    assert (labels[0, :4] == -100).all() and (labels[0, 4:] == ids[0, 4:]).all()
+    assert labels[1, 7] == -100  # padding is never a target
+    out = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels)
+    logits = out.logits[:, :-1].reshape(-1, 128)
+    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_unilm_generation_equals_recomputing_with_the_full_mask():
+    model = S.SujiForUniLM(S.SujiConfig.from_preset("bert-tiny", bos_token_id=1, eos_token_id=2)).eval()
+    source = torch.randint(5, 128, (1, 6))
+    generated = model.generate(source, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    # Recompute greedily without a cache: source segment 0, generated tokens segment 1.
+    seq = source
+    for _ in range(6):
+        types = torch.cat([torch.zeros_like(source), torch.ones(1, seq.shape[1] - source.shape[1], dtype=torch.long)], 1)
+        nxt = model(input_ids=seq, token_type_ids=types).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(generated, seq)
+
+
+def test_causal_lm_padding_does_not_change_real_tokens():
+    model = S.SujiForCausalLM(S.SujiConfig.from_preset("gpt2-tiny")).eval()
+    ids = torch.randint(5, 128, (1, 6))
+    alone = model(input_ids=ids).logits
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.tensor([[1] * 6 + [0] * 3])
+    torch.testing.assert_close(model(input_ids=padded, attention_mask=mask).logits[:, :6], alone, atol=1e-5, rtol=0)
+
+
+def test_initialization_is_truncated_normal():
+    config = S.SujiConfig.from_preset("bert-base", num_hidden_layers=1)
+    model = S.SujiForMaskedLM(config)
+    std = config.initializer_range
+    w = model.suji.encoder.layers[0].ffn_in.weight
+    assert w.abs().max() <= 2 * std + 1e-7
+    # a normal truncated at +-2 std has std 0.8796 * std
+    assert math.isclose(w.std().item(), 0.8796 * std, rel_tol=0.02)
+    assert torch.all(model.suji.encoder.layers[0].ffn_in.bias == 0)
+    assert torch.all(model.suji.embeddings.norm.weight == 1)
+    assert torch.all(model.lm_head.bias == 0)
+    assert model.lm_head.decoder.weight is model.suji.embeddings.word_embeddings.weight
+
+
+def test_cpm_preset_on_meta_device():
+    config = S.SujiConfig.from_preset("cpm-lm-2.6b")
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.vocab_size,
+            config.max_position_embeddings) == (32, 2560, 32, 30000, 1024)
+    with torch.device("meta"):
+        model = S.SujiForCausalLM(config)
+    n = sum(p.numel() for p in model.parameters())
+    assert 2.5e9 < n < 2.7e9
+    assert all(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(S.PRESETS))
+def test_every_preset_builds_a_valid_config(name):
+    config = S.SujiConfig.from_preset(name)
+    assert config.hidden_size % config.num_attention_heads == 0
+    assert config.family in ("bert", "roformer", "albert", "gpt2")
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(KeyError, match="unknown preset 'bert-huge'; known presets: .*roformer-base"):
+        S.SujiConfig.from_preset("bert-huge")
+    with pytest.raises(ValueError, match="divisible"):
+        S.SujiConfig(hidden_size=30, num_attention_heads=4)
+    with pytest.raises(ValueError, match="num_hidden_groups"):
+        S.SujiConfig(num_hidden_layers=4, num_hidden_groups=3)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        S.SujiModel(S.SujiConfig.from_preset("bert-tiny"))(input_ids=torch.ones(1, 200, dtype=torch.long))
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    config = S.SujiConfig.from_preset("roformer-tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = S.SujiForMaskedLM(config).train()
+    ids = torch.randint(1, 128, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model(input_ids=ids, labels=ids).loss.backward()
+    for a, p in zip(plain, model.parameters()):
+        torch.testing.assert_close(p.grad, a)
