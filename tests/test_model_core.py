@@ -149,7 +149,7 @@ def test_gradient_checkpointing_gives_same_gradients():
     model(input_ids=ids, labels=ids).loss.backward()
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model(input_ids=ids, labels=ids).loss.backward()
     for a, p in zip(plain, model.parameters()):
         torch.testing.assert_close(p.grad, a)
