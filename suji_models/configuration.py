@@ -135,7 +135,9 @@ _BERT_BASE = dict(
     family="bert", vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
 )
-_ROFORMER = dict(position_embedding_type="rotary", family="roformer", max_position_embeddings=1536)
+# RoFormer's classification head applies hidden_act (not tanh) after its dense layer.
+_ROFORMER = dict(position_embedding_type="rotary", family="roformer", max_position_embeddings=1536,
+                 pooler_activation="gelu")
 _ALBERT = dict(family="albert", hidden_act="gelu_new", num_hidden_groups=1, hidden_dropout_prob=0.0,
                attention_probs_dropout_prob=0.0)
 _GPT2 = dict(

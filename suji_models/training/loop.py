@@ -1,0 +1,257 @@
+"""The one DeepSpeed training loop shared by the pretraining (and later finetuning) scripts.
+
+Why our own loop instead of HF Trainer: the batch stream is a pure function of (seed, epoch, step,
+rank) — every row order and every MLM mask is drawn from a generator seeded by those numbers — so
+resuming needs only the step counter, not a pickled sampler, and equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str = "runs/mlm"
+    max_steps: int = 200
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    lr_decay: str = "linear"  # linear | cosine | constant
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_steps: int = 0  # 0: only at the end
+    save_total_limit: int = 2
+    log_steps: int = 10
+    deepspeed_config: str | None = None
+    zero_stage: int | None = None
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    report_to: str = "none"  # none | wandb | tensorboard
+    resume: bool = True
+
+
+def init_distributed():
+    """Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); works without a launcher."""
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def resolve_precision(requested: str) -> str:
+    if requested != "auto":
+        if requested in ("fp16", "bf16") and not torch.cuda.is_available():
+            raise ValueError(f"{requested} needs a GPU; on CPU train in fp32 (--precision fp32)")
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def deepspeed_config(args: TrainArgs, world_size: int) -> dict:
+    """Load the JSON config and fill what the command line owns; a contradiction is an error."""
+    config = json.loads(Path(args.deepspeed_config).read_text()) if args.deepspeed_config else {}
+    owned = {
+        "train_micro_batch_size_per_gpu": args.per_device_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_clipping": args.max_grad_norm,
+    }
+    for key, value in owned.items():
+        if config.get(key, "auto") not in ("auto", value):
+            raise ValueError(
+                f"{args.deepspeed_config}: {key}={config[key]} contradicts the command line ({value}); "
+                "set it in one place (use \"auto\" in the JSON)"
+            )
+        config[key] = value
+    total = args.per_device_batch_size * args.gradient_accumulation_steps * world_size
+    if config.get("train_batch_size", "auto") not in ("auto", total):
+        raise ValueError(f"{args.deepspeed_config}: train_batch_size={config['train_batch_size']} but "
+                         f"micro batch x accumulation x world size = {total}")
+    config["train_batch_size"] = total
+    if args.zero_stage is not None:
+        config.setdefault("zero_optimization", {})["stage"] = args.zero_stage
+    precision = resolve_precision(args.precision)
+    config["bf16"] = {"enabled": precision == "bf16"}
+    config["fp16"] = {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16}
+    config.setdefault("steps_per_print", 10**9)  # we print our own progress line
+    config.setdefault("wall_clock_breakdown", False)
+    return config
+
+
+def param_groups(model, weight_decay: float):
+    """Weight decay on matrices only: biases, LayerNorms and the LM bias are excluded."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(args: TrainArgs):
+    def factor(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
+        if args.lr_decay == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if args.lr_decay == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def _checkpoints(output_dir: Path):
+    """Complete checkpoints, oldest first. A checkpoint counts only once its COMPLETE marker exists,
+    which rank 0 writes after every rank has finished writing (a barrier in between)."""
+    found = [p for p in output_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+class Logger:
+    def __init__(self, args: TrainArgs, rank: int, config: dict):
+        self.rank, self.run = rank, None
+        if rank == 0 and args.report_to == "wandb":
+            import wandb
+
+            if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+                os.environ["WANDB_MODE"] = "offline"  # no key configured: log locally, sync later
+            self.run = wandb.init(project="suji", dir=args.output_dir, config=config)
+        elif rank == 0 and args.report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run = SummaryWriter(log_dir=str(Path(args.output_dir) / "tensorboard"))
+        elif args.report_to not in ("none", "wandb", "tensorboard"):
+            raise ValueError(f"--report_to must be wandb, tensorboard or none, got {args.report_to!r}")
+
+    def log(self, step: int, metrics: dict):
+        if self.rank != 0:
+            return
+        print(f"step {step:>6} | " + " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in metrics.items()), flush=True)
+        if self.run is not None and hasattr(self.run, "log"):
+            self.run.log(metrics, step=step)
+        elif self.run is not None:
+            for k, v in metrics.items():
+                self.run.add_scalar(k, v, step)
+
+    def close(self):
+        if self.run is not None:
+            (self.run.finish if hasattr(self.run, "finish") else self.run.close)()
+
+
+def train(model, batches, args: TrainArgs, *, tokenizer=None, flops_per_token: float | None = None):
+    """Train `model` with DeepSpeed on `batches(step, rank, world)` -> dict of tensors.
+
+    `batches` must be a pure function of its arguments (see the module docstring). Returns the list
+    of (step, loss) logged on rank 0 and the DeepSpeed engine.
+    """
+    import deepspeed
+
+    rank, world = init_distributed()
+    output_dir = Path(args.output_dir)
+    config = deepspeed_config(args, world)
+    torch.manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate,
+                                  betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+
+    start = 0
+    if args.resume and (done := _checkpoints(output_dir)):
+        _, client = engine.load_checkpoint(str(done[-1]), tag="state")
+        start = client["step"]
+        if rank == 0:
+            print(f"resumed from {done[-1]} at step {start}", flush=True)
+
+    log = Logger(args, rank, config)
+    losses, tokens, t0 = [], 0, time.time()
+    engine.train()
+    for step in range(start, args.max_steps):
+        for micro in range(args.gradient_accumulation_steps):
+            batch = batches(step * args.gradient_accumulation_steps + micro, rank, world)
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+        loss_value = loss.detach().float()
+        dist.all_reduce(loss_value)
+        loss_value = loss_value.item() / world
+        done_steps = step + 1
+        if done_steps % args.log_steps == 0 or done_steps == args.max_steps:
+            elapsed = time.time() - t0
+            metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens/s": tokens * world / elapsed}
+            if flops_per_token and torch.cuda.is_available():
+                peak = float(os.environ.get("SUJI_PEAK_TFLOPS", "989")) * 1e12  # H100 bf16 dense
+                metrics["mfu"] = flops_per_token * metrics["tokens/s"] / (peak * world)
+            log.log(done_steps, metrics)
+            tokens, t0 = 0, time.time()
+        losses.append((done_steps, loss_value))
+        if args.save_steps and done_steps % args.save_steps == 0 and done_steps < args.max_steps:
+            save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank)
+    log.close()
+    if rank == 0:
+        print(f"finished {args.max_steps} steps; final loss {losses[-1][1]:.4f}" if losses else "nothing to do", flush=True)
+    return losses, engine
+
+
+def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int):
+    path = output_dir / f"checkpoint-{step}"
+    engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
+    dist.barrier()  # every rank has written its shard
+    if rank == 0:
+        (path / "COMPLETE").write_text(str(step))
+        for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def consolidated_state_dict(engine) -> dict | None:
+    """Full fp32 weights on rank 0 (gathered from ZeRO-3 shards when needed); None on other ranks."""
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    return state if dist.get_rank() == 0 else None
+
+
+def save_final(engine, output_dir, tokenizer=None, export: bool = True) -> Path | None:
+    """Write a `from_pretrained` checkpoint (and tokenizer); also a plain transformers copy when the
+    config allows it. Returns the checkpoint path on rank 0."""
+    state = consolidated_state_dict(engine)
+    final = Path(output_dir) / "final"
+    if dist.get_rank() == 0:
+        model = engine.module
+        model.save_pretrained(final, state_dict={k: v.float() for k, v in state.items()})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(final)
+        if export:
+            from ..convert.hf import export_to_transformers, transformers_family
+
+            try:
+                transformers_family(model.config)
+            except ValueError as why:
+                print(f"not exported to plain transformers: {why}", flush=True)
+            else:  # export from the saved full weights (the live module may hold ZeRO-3 shards)
+                export_to_transformers(type(model).from_pretrained(final), Path(output_dir) / "final-transformers")
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(Path(output_dir) / "final-transformers")
+    dist.barrier()
+    return final if dist.get_rank() == 0 else None
