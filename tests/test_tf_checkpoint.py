@@ -158,6 +158,7 @@ def test_crc32c_vectors():
     for n in (1, 3, 2047, 2048, 2049, 9999, 65536 + 5, 300_001):  # braided numpy vs scalar
         b = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert crc32c(b, pure=True) == _crc_update_py(0xFFFFFFFF, b) ^ 0xFFFFFFFF, n
+        assert crc32c(memoryview(b"x" + b)[1:], pure=True) == crc32c(b, pure=True)  # unaligned
 
 
 # ------------------------------------------------------------------------- real TF fixtures
@@ -185,6 +186,11 @@ def test_path_forms(tmp_path):
         assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref)
     (d / "checkpoint").unlink()  # Google's zips ship none: the single .index is found
     assert read_tf_checkpoint(d).keys() == ref.keys()
+    for f in ("index", "data-00000-of-00001"):  # a second checkpoint makes the folder ambiguous
+        shutil.copy(d / f"bert_model.ckpt.{f}", d / f"model.ckpt-5.{f}")
+    with pytest.raises(ValueError, match=r"holds 2 checkpoints \(bert_model\.ckpt\.index, model\.ckpt-5\.index\)"):
+        read_tf_checkpoint(d)
+    assert read_tf_checkpoint(d / "model.ckpt-5").keys() == ref.keys()
 
 
 @pytest.mark.parametrize("tf_dir,hf_dir,cls,family,count", CASES)
@@ -335,6 +341,7 @@ def test_tf2_object_checkpoint_refused(tmp_path):
     ("big_endian", r"BIG-endian"),
     ("unknown_dtype", r"variable 'w' has dtype complex64"),
     ("compressed", r"data block 0 is compressed \(snappy\)"),
+    ("newer_format", r"needs a reader of version >= 5"),
 ])
 def test_unsupported_variants_refused(tmp_path, case, match):
     prefix = tmp_path / "model.ckpt"
@@ -346,6 +353,8 @@ def test_unsupported_variants_refused(tmp_path, case, match):
         kw["raw_entries"] = [(b"\x00w\x00\x01", _entry(1, (2,), 0, 8, 0))]
     elif case == "big_endian":
         kw["header"] = b"\x08\x01\x10\x01"
+    elif case == "newer_format":  # VersionDef {min_consumer: 5}
+        kw["header"] = b"\x08\x01\x1a\x02\x10\x05"
     elif case == "unknown_dtype":
         kw["raw_entries"] = [(b"w", _entry(8, (1,), 12, 8, 0))]
     else:
@@ -463,3 +472,14 @@ def test_nezha_hint_maps_to_bert_names(tmp_path):
     assert "bert.encoder.layer.1.attention.self.query.weight" in state
     assert report["missing"] == ["bert.embeddings.position_embeddings.weight"]
     assert "NEZHA" in report["notes"][0]
+
+
+def test_missing_backbone_weight(tmp_path):
+    tensors = read_tf_checkpoint(FIXTURES / "google_bert_tiny")
+    del tensors["bert/encoder/layer_0/output/dense/kernel"]
+    d = tmp_path / "partial"
+    d.mkdir()
+    write_bundle(d / "bert_model.ckpt", tensors)
+    shutil.copy(FIXTURES / "google_bert_tiny" / "bert_config.json", d)
+    with pytest.raises(TFNameMappingError, match=r"lacks: bert\.encoder\.layer\.0\.output\.dense\.weight$"):
+        tf_checkpoint_to_hf(d)

@@ -198,3 +198,46 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+def read_vocab(path) -> list[str]:
+    """Tokens of a BERT ``vocab.txt`` in id order (line n holds id n-1).
+
+    Read exactly like transformers' ``load_vocab`` (split on "\\n" only, strip the "\\n") so ids
+    agree with ``BertTokenizer``; an empty line is an error naming the line, since it is almost
+    always a stray newline that shifts every following id.
+    """
+    path = Path(path)
+    tokens = []
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CorpusError(path, line, "vocabulary is not valid UTF-8") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    for lineno, token in enumerate(lines, 1):
+        token = token.rstrip("\r") if token.endswith("\r") and len(token) > 1 else token
+        if token == "":
+            raise CorpusError(path, lineno, "empty token in vocabulary")
+        tokens.append(token)
+    return tokens
+
+
+def vocab_to_dict(tokens: list[str]) -> dict[str, int]:
+    """token -> id; a duplicated token keeps its last id, as transformers' ``load_vocab`` does."""
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def write_vocab(tokens, path) -> Path:
+    """Write tokens one per line (the ``vocab.txt`` format); refuses tokens that would break lines."""
+    path = Path(path)
+    for index, token in enumerate(tokens):
+        if not token or "\n" in token or "\r" in token:
+            raise ValueError(f"token {index} ({token!r}) cannot be written to a vocab.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(token + "\n" for token in tokens), encoding="utf-8")
+    return path

@@ -14,10 +14,12 @@ Families and their TF names (the checkpoint's variables decide; a config hint br
   ``bert/encoder/embedding_hidden_mapping_in`` -> ``roformer.embeddings_project``. The fixed
   sinusoidal table ``roformer.encoder.embed_positions.weight`` is computed (HF stores it). The
   pooler / NSP have no place in HF RoFormer and are reported as unused.
-* ``nezha``: BERT names without ``position_embeddings`` plus a NEZHA config hint
-  (``max_relative_position`` / ``use_relative_position`` / ``model_type: nezha``). transformers 5 has
-  no NEZHA model: weights are mapped onto BERT names and the report says that the functional
-  relative positions are not represented (a BertForMaskedLM built from it is not NEZHA).
+* ``nezha``: BERT names plus a NEZHA config hint (``max_relative_position`` /
+  ``use_relative_position`` / ``model_type: nezha``, as in Huawei's configs). transformers 5 has
+  no NEZHA model: weights are mapped onto BERT names (a stored ``position_embeddings`` table, if
+  any, is reported unused) and the report says that the functional relative positions are not
+  represented (a BertForMaskedLM built from it is not NEZHA; Suji's loader refuses it as missing
+  position embeddings).
 * ``albert``: Google ALBERT / albert_zh (google format) / bert4keras ALBERT: factorized embeddings,
   ``bert/encoder/embedding_hidden_mapping_in``, shared layers under
   ``bert/encoder/transformer/group_G/inner_group_I/...`` -> ``albert.*``, ``predictions.*``,
@@ -137,8 +139,10 @@ def _gpt2() -> list:
 _RULES = {
     "bert": _bert_like("bert", positions=True, pooler="bert.pooler.dense",
                        nsp="cls.seq_relationship", mapping_in=None),
+    # NEZHA's positions are functional: a stored absolute table (if any) is not used by it
     "nezha": _bert_like("bert", positions=False, pooler="bert.pooler.dense",
-                        nsp="cls.seq_relationship", mapping_in=None),
+                        nsp="cls.seq_relationship", mapping_in=None)
+    + [("bert/embeddings/position_embeddings", None, None)],
     # HF RoFormer has no pooler / NSP head: known names without a place (hf template None)
     "roformer": _bert_like("roformer", positions=False, pooler=None, nsp=None,
                            mapping_in="roformer.embeddings_project")
@@ -147,13 +151,13 @@ _RULES = {
     "gpt2": _gpt2(),
 }
 
-# (config class, class whose names the state dict uses, MLM / LM class)
+# (class whose names the state dict uses, MLM / LM class)
 _CLASSES = {
-    "bert": ("BertConfig", "BertForPreTraining", "BertForMaskedLM"),
-    "nezha": ("BertConfig", "BertForPreTraining", "BertForMaskedLM"),
-    "roformer": ("RoFormerConfig", "RoFormerForMaskedLM", "RoFormerForMaskedLM"),
-    "albert": ("AlbertConfig", "AlbertForPreTraining", "AlbertForMaskedLM"),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", "GPT2LMHeadModel"),
+    "bert": ("BertForPreTraining", "BertForMaskedLM"),
+    "nezha": ("BertForPreTraining", "BertForMaskedLM"),
+    "roformer": ("RoFormerForMaskedLM", "RoFormerForMaskedLM"),
+    "albert": ("AlbertForPreTraining", "AlbertForMaskedLM"),
+    "gpt2": ("GPT2LMHeadModel", "GPT2LMHeadModel"),
 }
 _BACKBONE = {"bert": "bert.", "nezha": "bert.", "roformer": "roformer.", "albert": "albert.",
              "gpt2": "transformer."}
@@ -226,6 +230,11 @@ def detect_family(names, config: dict | None = None, where: str = "checkpoint") 
     def has(prefix):
         return any(n.startswith(prefix) for n in names)
 
+    if has("bert/encoder/layer_shared/"):  # projects word embeddings before adding positions
+        raise UnsupportedCheckpointError(
+            f"{where}: brightmart albert_zh checkpoints (bert/encoder/layer_shared/..., "
+            f"word_embeddings_2) are not supported: their embedding layout has no transformers "
+            f"counterpart; use the google-format albert_zh release")
     if has("bert/encoder/transformer/group_"):
         found = "albert"
     elif has("gpt/transformer/layer_"):
@@ -235,14 +244,15 @@ def detect_family(names, config: dict | None = None, where: str = "checkpoint") 
                 f"only the pre-LN GPT2 layout (CPM-LM) is")
         found = "gpt2"
     elif has("bert/encoder/layer_"):
-        if "bert/embeddings/position_embeddings" in names:
+        if hint == "nezha":  # NEZHA configs say max_relative_position / use_relative_position
+            found = "nezha"
+        elif "bert/embeddings/position_embeddings" in names:
             found = "bert"
-        else:  # no learned positions: rotary (RoFormer, the default) or NEZHA relative
-            found = "nezha" if hint == "nezha" else "roformer"
+        else:  # no learned positions and no NEZHA hint: rotary (bert4keras RoFormer)
+            found = "roformer"
     else:
         for prefix, what in [("newslm/", "GPT2_ML (newslm/...)"), ("electra/", "ELECTRA"),
-                             ("encoder/block_", "T5"), ("bert/encoder/layer_shared", "albert_zh "
-                             "(brightmart, layer_shared)")]:
+                             ("encoder/block_", "T5")]:
             if has(prefix):
                 raise UnsupportedCheckpointError(f"{where}: {what} checkpoints are not supported")
         sample = ", ".join(sorted(names)[:5])
@@ -405,7 +415,7 @@ def tf_checkpoint_to_hf(path_or_dir, *, config: str | os.PathLike | dict | None 
     elif family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
     hf_config = _hf_config(family, cfg, shapes, cfg_where)
-    cfg_cls, full_cls, mlm_cls = _CLASSES[family]
+    full_cls, mlm_cls = _CLASSES[family]
     hf_config.architectures = [mlm_cls]
     expected, tied = _expected(full_cls, hf_config)
     mlm_keys = set(_expected(mlm_cls, hf_config)[0]) if mlm_cls != full_cls else set(expected)
@@ -446,30 +456,19 @@ def tf_checkpoint_to_hf(path_or_dir, *, config: str | os.PathLike | dict | None 
         raise TFNameMappingError(
             f"shape mismatch between {where} and {cfg_where} ({sizes}): " + "; ".join(bad))
 
-    # 3. read and convert
-    state: dict[str, torch.Tensor] = {}
-    parts: dict[str, dict[int, np.ndarray]] = {}
-    for name, t in targets.items():
-        if head == "mlm" and t.hf_name not in mlm_keys:
-            continue
-        arr = reader.get_tensor(name)
-        if t.part is not None:
-            parts.setdefault(t.hf_name, {})[t.part] = arr
-            continue
-        state[t.hf_name] = torch.from_numpy(np.ascontiguousarray(arr.T if t.transpose else arr))
-    for hf_name, got in parts.items():
-        if len(got) == 3:  # Conv1D fused [in, 3*out] (bias [3*out]) in q, k, v order
-            state[hf_name] = torch.from_numpy(np.concatenate([got[0], got[1], got[2]], axis=-1))
-    computed = []
-    if family == "roformer" and "roformer.encoder.embed_positions.weight" in expected:
-        state["roformer.encoder.embed_positions.weight"] = _roformer_sinusoid(hf_config)
-        computed.append("roformer.encoder.embed_positions.weight")
-
-    # 4. what is missing: tied copies are fine; backbone weights are not
+    # 3. what will be missing (before reading any data): tied copies are fine, the backbone is not
     keys = set(expected) if head == "all" else mlm_keys
-    missing = sorted(k for k in keys if k not in state and k not in tied)
-    notes = []
-    allowed = set()
+    fused = {}
+    for t in targets.values():
+        if t.part is not None:
+            fused.setdefault(t.hf_name, set()).add(t.part)
+    provided = {t.hf_name for t in targets.values() if t.part is None}
+    provided |= {k for k, got in fused.items() if got == {0, 1, 2}}
+    computed = []
+    if family == "roformer" and "roformer.encoder.embed_positions.weight" in keys:
+        computed.append("roformer.encoder.embed_positions.weight")
+    missing = sorted(k for k in keys if k not in provided and k not in computed and k not in tied)
+    notes, allowed = [], set()
     if family == "nezha":
         allowed.add("bert.embeddings.position_embeddings.weight")
         notes.append("NEZHA: transformers has no NEZHA model; weights use BERT names, the "
@@ -477,8 +476,7 @@ def tf_checkpoint_to_hf(path_or_dir, *, config: str | os.PathLike | dict | None 
                      f"{hf_config.nezha_max_relative_position}) is NOT represented and "
                      "bert.embeddings.position_embeddings is absent: a BertForMaskedLM built "
                      "from this is not equivalent to NEZHA")
-    backbone = _BACKBONE[family]
-    missing_core = [k for k in missing if k.startswith(backbone) and "pooler" not in k
+    missing_core = [k for k in missing if k.startswith(_BACKBONE[family]) and "pooler" not in k
                     and k not in allowed]
     if missing_core:
         raise TFNameMappingError(
@@ -488,6 +486,23 @@ def tf_checkpoint_to_hf(path_or_dir, *, config: str | os.PathLike | dict | None 
         notes.append("hidden_act 'gelu' taken as the exact erf GELU, as bert4keras and HF run it "
                      "(Google's original BERT code and CPM's Megatron code used the tanh "
                      "approximation: differences ~1e-3)")
+
+    # 4. read and convert
+    state: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[int, np.ndarray]] = {}
+    for name, t in targets.items():
+        if t.hf_name not in keys:  # head="mlm": pooler / NSP are not read
+            continue
+        arr = reader.get_tensor(name)
+        if t.part is not None:
+            parts.setdefault(t.hf_name, {})[t.part] = arr
+        else:
+            state[t.hf_name] = torch.from_numpy(np.ascontiguousarray(arr.T if t.transpose else arr))
+    for hf_name, got in parts.items():
+        if len(got) == 3:  # Conv1D fused [in, 3*out] (bias [3*out]) in q, k, v order
+            state[hf_name] = torch.from_numpy(np.concatenate([got[0], got[1], got[2]], axis=-1))
+    if computed:
+        state[computed[0]] = _roformer_sinusoid(hf_config)
 
     mapped = {n: t.hf_name for n, t in targets.items()}
     unused = sorted(unknown + no_place + [n for n, h in mapped.items() if h not in mlm_keys])
