@@ -11,6 +11,10 @@ Families differ only by switches on the one Transformer core (see `modeling.py`)
 | is_causal               | False     | False     | False             | True          |
 | lm_head_transform       | True      | True      | True              | False         |
 
+Attention variants combine freely with every family: `residual_attention` (RealFormer) and
+`entropy_invariant_scale`. Mask kinds (bidirectional, causal, UniLM, prefix-LM, packed rows) are
+chosen per call, see `attention.build_attention_mask`.
+
 Initialization follows BERT: weights drawn from a normal distribution with std
 `initializer_range` (0.02) truncated at two standard deviations (as TF's `truncated_normal`
 that Google BERT used), biases zero, LayerNorm weights one.
@@ -54,6 +58,9 @@ class SujiConfig(PretrainedConfig):
         pooler_activation: str | None = "tanh",
         classifier_pooling: str = "first",
         classifier_bias: bool = True,
+        residual_attention: bool = False,
+        entropy_invariant_scale: bool = False,
+        entropy_base_length: int = 512,
         family: str = "bert",
         pad_token_id: int | None = 0,
         bos_token_id: int | None = None,
@@ -89,6 +96,12 @@ class SujiConfig(PretrainedConfig):
         # "first" ([CLS], encoders) or "last" (last non-pad token, decoders such as GPT2).
         self.classifier_pooling = classifier_pooling
         self.classifier_bias = classifier_bias
+        # RealFormer: each layer adds the previous layer's pre-softmax scores to its own.
+        self.residual_attention = residual_attention
+        # Entropy-invariant attention: scores scaled by log(n) / log(entropy_base_length) / sqrt(d),
+        # n = number of keys the query may attend to ("从熵不变性看Attention的Scale操作").
+        self.entropy_invariant_scale = entropy_invariant_scale
+        self.entropy_base_length = entropy_base_length
         # Which public architecture the weights follow; a hint for export, never a code path.
         self.family = family
         super().__init__(

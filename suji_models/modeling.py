@@ -24,7 +24,16 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from .attention import ATTENTION_FUNCTIONS, apply_rotary, build_attention_mask, default_scale, rotary_cos_sin
+from .attention import (
+    ATTENTION_FUNCTIONS,
+    apply_rotary,
+    build_attention_mask,
+    default_scale,
+    eager_attention,
+    entropy_scale_factor,
+    positions_from_documents,
+    rotary_cos_sin,
+)
 from .configuration import SujiConfig
 
 
@@ -78,16 +87,26 @@ class SujiAttention(nn.Module):
     def _heads(self, x):  # [B, L, H] -> [B, heads, L, head_dim]
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, mask, rotary=None, cache: Cache | None = None, layer_idx: int = 0):
+    def forward(self, x, mask, rotary=None, cache: Cache | None = None, layer_idx: int = 0, previous_scores=None):
+        """Returns (output, pre-softmax scores); the scores are None unless residual attention
+        (RealFormer) needs them for the next layer."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if cache is not None:  # keys are cached after rotation, so cached positions stay put
             k, v = cache.update(k, v, layer_idx)
-        attend = ATTENTION_FUNCTIONS.get(self.config._attn_implementation, ATTENTION_FUNCTIONS["sdpa"])
-        out = attend(q, k, v, mask, self.scale, self.dropout_p, self.training)
+        if self.config.entropy_invariant_scale:
+            # a per-query factor on the scores is a per-query factor on q: fused kernels still apply
+            q = q * entropy_scale_factor(mask, k.shape[-2], self.config.entropy_base_length, q.device).to(q.dtype)
+        if self.config.residual_attention:
+            out, scores = eager_attention(q, k, v, mask, self.scale, self.dropout_p, self.training, previous_scores)
+        else:
+            attend = ATTENTION_FUNCTIONS.get(self.config._attn_implementation, ATTENTION_FUNCTIONS["sdpa"])
+            out, scores = attend(q, k, v, mask, self.scale, self.dropout_p, self.training), None
+            if isinstance(out, tuple):
+                out = out[0]
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.output(out)
+        return self.output(out), scores
 
 
 class SujiLayer(nn.Module):
@@ -108,12 +127,14 @@ class SujiLayer(nn.Module):
     def ffn(self, x):
         return self.ffn_out(self.activation(self.ffn_in(x)))
 
-    def forward(self, x, mask, rotary=None, cache=None, layer_idx=0):
+    def forward(self, x, mask, rotary=None, cache=None, layer_idx=0, previous_scores=None):
         if self.pre_norm:
-            x = x + self.dropout(self.attention(self.attention_norm(x), mask, rotary, cache, layer_idx))
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask, rotary, cache, layer_idx)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+            attended, scores = self.attention(self.attention_norm(x), mask, rotary, cache, layer_idx, previous_scores)
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.ffn(self.ffn_norm(x))), scores
+        attended, scores = self.attention(x, mask, rotary, cache, layer_idx, previous_scores)
+        x = self.attention_norm(x + self.dropout(attended))
+        return self.ffn_norm(x + self.dropout(self.ffn(x))), scores
 
 
 class SujiEncoder(nn.Module):
@@ -137,14 +158,15 @@ class SujiEncoder(nn.Module):
 
     def forward(self, x, mask, rotary=None, cache=None, output_hidden_states=False):
         hidden_states = [x] if output_hidden_states else None
+        scores = None  # RealFormer: pre-softmax scores handed from layer to layer
         for i in range(self.config.num_hidden_layers):
             layer = self.layer_for(i)
             if self.gradient_checkpointing and self.training:
                 # transformers' gradient_checkpointing_enable() sets the flag and this function
                 checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
-                x = checkpoint(layer, x, mask, rotary, cache, i)
+                x, scores = checkpoint(layer, x, mask, rotary, cache, i, scores)
             else:
-                x = layer(x, mask, rotary, cache, i)
+                x, scores = layer(x, mask, rotary, cache, i, scores)
             if output_hidden_states:
                 hidden_states.append(x)
         if self.final_norm is not None:
@@ -264,10 +286,16 @@ class SujiModel(SujiPreTrainedModel):
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         mask_kind: str | None = None,
+        document_ids: torch.LongTensor | None = None,
+        prefix_lengths: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ):
+        """`mask_kind`: bidirectional | causal | unilm (segments from token_type_ids) | prefix (the
+        first `prefix_lengths[b]` tokens of row b see each other, the rest is causal). `document_ids`
+        packs several documents per row: attention stays inside each document and positions restart
+        at every document start."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         batch, length = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -278,14 +306,21 @@ class SujiModel(SujiPreTrainedModel):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
 
         if position_ids is None:
-            position_ids = torch.arange(past, past + length, device=device).expand(batch, -1)
+            if document_ids is not None:
+                position_ids = positions_from_documents(document_ids)
+            else:
+                position_ids = torch.arange(past, past + length, device=device).expand(batch, -1)
         if token_type_ids is None:
             token_type_ids = torch.zeros(batch, length, dtype=torch.long, device=device)
         if attention_mask is not None and attention_mask.shape[-1] == length and past:
             attention_mask = F.pad(attention_mask, (past, 0), value=1)
-        mask = build_attention_mask(
-            mask_kind, length, past + length, attention_mask, segment_ids=token_type_ids, device=device
-        )
+        segments = token_type_ids
+        if mask_kind == "prefix" and not past:
+            if prefix_lengths is None:
+                raise ValueError("mask_kind='prefix' needs prefix_lengths (one length per row)")
+            segments = (torch.arange(length, device=device)[None, :] >= prefix_lengths.view(-1, 1)).long()
+        mask = build_attention_mask(mask_kind, length, past + length, attention_mask, segment_ids=segments,
+                                    document_ids=document_ids, device=device)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
         rotary = None
         if self.config.position_embedding_type == "rotary":
@@ -323,9 +358,10 @@ class _SujiWithLMHead(SujiPreTrainedModel):
 
 class SujiForMaskedLM(_SujiWithLMHead):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+                inputs_embeds=None, labels=None, document_ids=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
         out = self.suji(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        mask_kind="bidirectional", output_hidden_states=output_hidden_states)
+                        mask_kind="bidirectional", document_ids=document_ids, output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)
         loss = None
         if labels is not None:  # -100 marks positions that are not predicted
@@ -337,10 +373,14 @@ class SujiForCausalLM(_SujiWithLMHead, GenerationMixin):
     mask_kind = "causal"
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, past_key_values=None, use_cache=None, labels=None,
-                output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+                inputs_embeds=None, past_key_values=None, use_cache=None, labels=None, document_ids=None,
+                prefix_lengths=None, output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+        """`prefix_lengths` switches to a prefix-LM mask (the prompt's first tokens see each other);
+        `document_ids` packs several documents per row."""
+        mask_kind = "prefix" if prefix_lengths is not None else self.mask_kind
         out = self.suji(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        past_key_values=past_key_values, use_cache=use_cache, mask_kind=self.mask_kind,
+                        past_key_values=past_key_values, use_cache=use_cache, mask_kind=mask_kind,
+                        document_ids=document_ids, prefix_lengths=prefix_lengths,
                         output_hidden_states=output_hidden_states)
         hidden = out.last_hidden_state
         if logits_to_keep:  # generate() only needs the last position's logits
@@ -406,9 +446,10 @@ class SujiForSequenceClassification(SujiPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+                inputs_embeds=None, labels=None, document_ids=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
         out = self.suji(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states=output_hidden_states)
+                        document_ids=document_ids, output_hidden_states=output_hidden_states)
         x = out.pooler_output
         if x is None:  # no pooler (GPT2): read the picked token directly
             x = pick_tokens(out.last_hidden_state, self.config.classifier_pooling, input_ids, attention_mask,
@@ -427,9 +468,10 @@ class SujiForTokenClassification(SujiPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+                inputs_embeds=None, labels=None, document_ids=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
         out = self.suji(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        output_hidden_states=output_hidden_states)
+                        document_ids=document_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
