@@ -55,7 +55,7 @@ case "$cmd" in
     pretrain)
         setup
         cd "$ROOT"
-        config=()
+        config=(--config configs/pretrain/roformer_tiny.json)  # the default: tiny RoFormer, embedded corpus
         if [ $# -gt 0 ] && [[ "$1" != --* ]]; then config=(--config "$1"); shift; fi
         distributed pretrain/run_mlm.py "${config[@]}" "$@" ;;
     finetune)

@@ -1,38 +1,130 @@
-"""The main job end to end: 2 DeepSpeed processes on CPU (gloo), ZeRO-2, the embedded corpus."""
+"""The pretraining entry points end to end: 2 DeepSpeed processes on CPU (gloo), real text."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 
+import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
 import suji_models as S
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, SHARED
+
+CLUE = SHARED / "data" / "corpus" / "clue_corpus_small" / "CLUECorpusSmall_sampled.txt"
+INEWS = SHARED / "data" / "corpus" / "inews" / "dev.jsonl"
+VOCAB = REPO_ROOT / "pretrain" / "data" / "vocab.txt"
 
 
-def test_run_mlm_two_processes_loss_falls_and_checkpoint_loads(tmp_path):
+def launch(script, *args, procs=2, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    out = subprocess.run(
-        [deepspeed, "--num_gpus", "2", "pretrain/run_mlm.py", "--config", "configs/pretrain/roformer_tiny.json",
-         "--max_steps", "60", "--warmup_steps", "10", "--max_seq_length", "64", "--per_device_batch_size", "8",
-         "--log_steps", "10", "--output_dir", str(tmp_path / "run")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", out.stdout).groups())
-    assert last < first - 0.3, out.stdout[-2000:]
+    out = subprocess.run([deepspeed, "--num_gpus", str(procs), script, *map(str, args)], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    return out.returncode, out.stdout + out.stderr
 
-    final = tmp_path / "run" / "final"
-    model = S.SujiForMaskedLM.from_pretrained(final).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(final)
+
+def ok(script, *args, **kw):
+    code, log = launch(script, *args, **kw)
+    assert code == 0, log[-4000:]
+    return log
+
+
+def loss_drop(log):
+    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", log).groups())
+    return first - last
+
+
+COMMON = ["--tokenizer", VOCAB, "--max_seq_length", 64, "--per_device_batch_size", 8, "--warmup_steps", 10,
+          "--learning_rate", 0.002, "--log_steps", 10]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_mlm_on_real_text_loss_falls_and_export_matches_engine(stage, tmp_path):
+    out = tmp_path / "run"
+    log = ok("pretrain/run_mlm.py", "--train_file", CLUE, "--max_steps", 60, "--output_dir", out,
+             "--deepspeed_config", f"configs/deepspeed/zero{stage}.json", *COMMON)
+    assert loss_drop(log) > 0.3, log[-2000:]
+    padding = float(re.search(r"padding ([\d.]+)%", log).group(1))
+    assert padding < 5.0
+    diff = float(re.search(r"max \|diff\| ([\d.e+-]+)", log).group(1))
+    assert diff < 1e-4  # the consolidated checkpoint reproduces the engine's own logits
+    model = S.SujiForMaskedLM.from_pretrained(out / "final").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "final")
     batch = tokenizer(["中共中央总书记发表新年讲话"], return_tensors="pt")
+    exported = transformers.RoFormerForMaskedLM.from_pretrained(out / "final-transformers").eval()
     with torch.no_grad():
-        logits = model(**batch).logits
-    # the plain transformers export gives the same logits, with no Suji code involved
-    exported = transformers.RoFormerForMaskedLM.from_pretrained(tmp_path / "run" / "final-transformers").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(exported(**batch).logits, logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(exported(**batch).logits, model(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def step_losses(log):
+    return {int(s): float(l) for s, l in re.findall(r"step\s+(\d+) \| loss ([\d.]+)", log)}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    args = ["--train_file", CLUE, "--max_steps", 16, "--deepspeed_config", "configs/deepspeed/zero2.json",
+            *COMMON, "--log_steps", 1, "--seed", 7]
+    full = ok("pretrain/run_mlm.py", *args, "--output_dir", tmp_path / "full")
+    first = ok("pretrain/run_mlm.py", *args, "--output_dir", tmp_path / "split", "--stop_at_step", 8)
+    assert "stopped at step 8" in first and (tmp_path / "split" / "checkpoint-8" / "COMPLETE").is_file()
+    second = ok("pretrain/run_mlm.py", *args, "--output_dir", tmp_path / "split")
+    assert "resumed from" in second and "at step 8" in second
+    expected, got = step_losses(full), {**step_losses(first), **step_losses(second)}
+    assert sorted(got) == list(range(1, 17)) and sorted(expected) == list(range(1, 17))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    a, b = load_file(tmp_path / "full" / "final" / "model.safetensors"), load_file(tmp_path / "split" / "final" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_incomplete_checkpoint_is_never_resumed(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint-4").mkdir(parents=True)  # written by a crashed job: no COMPLETE marker
+    log = ok("pretrain/run_mlm.py", "--train_file", CLUE, "--max_steps", 3, "--output_dir", out, *COMMON, "--log_steps", 1)
+    assert "resumed" not in log and "step      1" in log
+
+
+def test_clm_zero1_loss_falls(tmp_path):
+    log = ok("pretrain/run_clm.py", "--train_file", CLUE, "--max_steps", 50, "--output_dir", tmp_path / "clm",
+             "--deepspeed_config", "configs/deepspeed/zero1.json", *COMMON)
+    assert loss_drop(log) > 0.3, log[-2000:]
+    model = S.SujiForCausalLM.from_pretrained(tmp_path / "clm" / "final")
+    assert model.generate(torch.tensor([[2, 100, 200]]), max_new_tokens=5, do_sample=False).shape == (1, 8)
+    assert (tmp_path / "clm" / "final-transformers" / "config.json").is_file()  # GPT2-shaped: exported too
+
+
+def test_unilm_pairs_zero3_loss_falls(tmp_path):
+    log = ok("pretrain/run_unilm.py", "--train_file", INEWS, "--source_field", "content", "--target_field", "title",
+             "--max_steps", 50, "--output_dir", tmp_path / "unilm", "--deepspeed_config", "configs/deepspeed/zero3.json",
+             *COMMON)
+    assert loss_drop(log) > 0.3, log[-2000:]
+    assert "over-long pair(s) truncated" in log
+    model = S.SujiForUniLM.from_pretrained(tmp_path / "unilm" / "final")
+    assert isinstance(model, S.SujiForUniLM)
+
+
+def test_contradicting_deepspeed_config_fails_before_training(tmp_path):
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}}))
+    code, log = launch("pretrain/run_mlm.py", "--deepspeed_config", bad, "--per_device_batch_size", 8,
+                       "--output_dir", tmp_path / "x", procs=1)
+    assert code != 0
+    assert "train_micro_batch_size_per_gpu=4 contradicts the command line (8)" in log
+    assert "step " not in log and "data:" not in log
+
+
+def test_bad_corpus_line_is_named_or_skipped(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(("今天天气很好，我们去公园散步吧。" * 4 + "\n").encode() * 50 + b"\xff\xfe\n"
+                       + ("明天也许会下雨。" * 8 + "\n").encode() * 50)
+    code, log = launch("pretrain/run_mlm.py", "--train_file", corpus, "--output_dir", tmp_path / "a", *COMMON,
+                       "--max_steps", 2, procs=1)
+    assert code != 0 and "c.txt:51: invalid UTF-8" in log
+    log = ok("pretrain/run_mlm.py", "--train_file", corpus, "--output_dir", tmp_path / "b", *COMMON,
+             "--max_steps", 2, "--skip_bad_lines", "true", procs=1)
+    assert "1 bad line(s) skipped" in log

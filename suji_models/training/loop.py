@@ -11,12 +11,14 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -39,6 +41,8 @@ class TrainArgs:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     report_to: str = "none"  # none | wandb | tensorboard
     resume: bool = True
+    gradient_checkpointing: bool = False
+    stop_at_step: int = 0  # >0: save a checkpoint and exit at this step (time-boxed jobs; resume later)
 
 
 def init_distributed():
@@ -156,11 +160,27 @@ class Logger:
             (self.run.finish if hasattr(self.run, "finish") else self.run.close)()
 
 
-def train(model, batches, args: TrainArgs, *, tokenizer=None, flops_per_token: float | None = None):
-    """Train `model` with DeepSpeed on `batches(step, rank, world)` -> dict of tensors.
+_HF_DS_CONFIG = None  # kept alive while ZeRO-3 builds and trains a model (transformers' hook)
 
-    `batches` must be a pure function of its arguments (see the module docstring). Returns the list
-    of (step, loss) logged on rank 0 and the DeepSpeed engine.
+
+def build_model(model_fn, ds_config: dict):
+    """Call `model_fn()`; under ZeRO-3 transformers' HfDeepSpeedConfig makes `from_config` /
+    `from_pretrained` partition the parameters as they are created, so a model larger than one
+    device's memory can be built."""
+    global _HF_DS_CONFIG
+    if ds_config.get("zero_optimization", {}).get("stage") == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        _HF_DS_CONFIG = HfDeepSpeedConfig(ds_config)
+    return model_fn()
+
+
+def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None = None, save_files=None):
+    """Train the model built by `model_fn()` with DeepSpeed on `batches(micro_step, rank, world)`.
+
+    `batches` must be a pure function of its arguments (see the module docstring); so is dropout,
+    which is reseeded from (seed, step, rank) every micro-step. `save_files(dir)` writes extra files
+    (config, tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine.
     """
     import deepspeed
 
@@ -168,10 +188,15 @@ def train(model, batches, args: TrainArgs, *, tokenizer=None, flops_per_token: f
     output_dir = Path(args.output_dir)
     config = deepspeed_config(args, world)
     torch.manual_seed(args.seed)
+    model = build_model(model_fn, config)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate,
                                   betas=(0.9, 0.98), eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    # A factory, so the schedule is built on the optimizer DeepSpeed wraps (ZeRO-3 regroups parameters).
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args)))
 
     start = 0
     if args.resume and (done := _checkpoints(output_dir)):
@@ -182,10 +207,13 @@ def train(model, batches, args: TrainArgs, *, tokenizer=None, flops_per_token: f
 
     log = Logger(args, rank, config)
     losses, tokens, t0 = [], 0, time.time()
+    bar = tqdm(total=args.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
     engine.train()
     for step in range(start, args.max_steps):
         for micro in range(args.gradient_accumulation_steps):
-            batch = batches(step * args.gradient_accumulation_steps + micro, rank, world)
+            index = step * args.gradient_accumulation_steps + micro
+            torch.manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)  # dropout, per (step, rank)
+            batch = batches(index, rank, world)
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             loss = engine(**batch).loss
@@ -199,24 +227,48 @@ def train(model, batches, args: TrainArgs, *, tokenizer=None, flops_per_token: f
             elapsed = time.time() - t0
             metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens/s": tokens * world / elapsed}
             if flops_per_token and torch.cuda.is_available():
-                peak = float(os.environ.get("SUJI_PEAK_TFLOPS", "989")) * 1e12  # H100 bf16 dense
-                metrics["mfu"] = flops_per_token * metrics["tokens/s"] / (peak * world)
+                metrics["mfu"] = flops_per_token * metrics["tokens/s"] / (peak_flops() * world)
+            if config["fp16"]["enabled"]:  # dynamic loss scaling: how often it overflowed, and the scale
+                metrics["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", 0.0))
+                metrics["skipped_steps"] = int(engine.skipped_steps)
             log.log(done_steps, metrics)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens/s']:.0f}")
             tokens, t0 = 0, time.time()
+        bar.update(1)
         losses.append((done_steps, loss_value))
+        if done_steps == args.stop_at_step and done_steps < args.max_steps:
+            save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank, save_files)
+            if rank == 0:
+                print(f"stopped at step {done_steps} as asked; run again to resume", flush=True)
+            break
         if args.save_steps and done_steps % args.save_steps == 0 and done_steps < args.max_steps:
-            save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank)
+            save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank, save_files)
+    bar.close()
     log.close()
-    if rank == 0:
+    if rank == 0 and not (args.stop_at_step and losses and losses[-1][0] == args.stop_at_step):
         print(f"finished {args.max_steps} steps; final loss {losses[-1][1]:.4f}" if losses else "nothing to do", flush=True)
     return losses, engine
 
 
-def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int):
+def peak_flops() -> float:
+    """Dense bf16 peak of the local GPU (SUJI_PEAK_TFLOPS overrides), for MFU."""
+    if "SUJI_PEAK_TFLOPS" in os.environ:
+        return float(os.environ["SUJI_PEAK_TFLOPS"]) * 1e12
+    name = torch.cuda.get_device_name()
+    for key, tflops in (("H200", 989), ("H100", 989), ("A100", 312), ("A800", 312), ("L40", 181), ("4090", 165)):
+        if key in name:
+            return tflops * 1e12
+    return 989e12
+
+
+def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None):
     path = output_dir / f"checkpoint-{step}"
     engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
     dist.barrier()  # every rank has written its shard
     if rank == 0:
+        engine.module.config.save_pretrained(path)  # so the checkpoint can be consolidated on its own
+        if save_files is not None:
+            save_files(path)
         (path / "COMPLETE").write_text(str(step))
         for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -232,16 +284,29 @@ def consolidated_state_dict(engine) -> dict | None:
     return state if dist.get_rank() == 0 else None
 
 
-def save_final(engine, output_dir, tokenizer=None, export: bool = True) -> Path | None:
+def save_final(engine, output_dir, tokenizer=None, export: bool = True, probe: dict | None = None) -> Path | None:
     """Write a `from_pretrained` checkpoint (and tokenizer); also a plain transformers copy when the
-    config allows it. Returns the checkpoint path on rank 0."""
+    config allows it. With `probe` (a batch), check that the saved checkpoint reproduces the
+    engine's logits and print the largest difference. Returns the checkpoint path on rank 0."""
+    engine_logits = None
+    if probe is not None:  # every rank takes part (ZeRO-3 gathers parameters in the forward)
+        engine.eval()
+        with torch.no_grad():
+            engine_logits = engine(**{k: v.to(engine.device) for k, v in probe.items()}).logits.float().cpu()
     state = consolidated_state_dict(engine)
+    global _HF_DS_CONFIG
+    _HF_DS_CONFIG = None  # from_pretrained on one rank would deadlock while ZeRO-3's hook is active
     final = Path(output_dir) / "final"
     if dist.get_rank() == 0:
         model = engine.module
         model.save_pretrained(final, state_dict={k: v.float() for k, v in state.items()})
         if tokenizer is not None:
             tokenizer.save_pretrained(final)
+        if engine_logits is not None:
+            reloaded = type(model).from_pretrained(final).eval()
+            with torch.no_grad():
+                diff = (reloaded(**probe).logits.float() - engine_logits).abs().max().item()
+            print(f"export check: saved checkpoint reproduces the engine's logits (max |diff| {diff:.2e})", flush=True)
         if export:
             from ..convert.hf import export_to_transformers, transformers_family
 

@@ -1,0 +1,193 @@
+"""The pretraining driver behind `pretrain/run_mlm.py`, `run_clm.py` and `run_unilm.py`.
+
+Options come from dataclass defaults, then a JSON `--config`, then `--key value` on the command
+line. Data is prepared once (rank 0 first, the other ranks then hit the `datasets` cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .data import (
+    RowSource,
+    StreamRows,
+    clm_batch,
+    default_num_proc,
+    encode_and_pack,
+    encode_pairs,
+    load_corpus,
+    mlm_batch,
+    unilm_batch,
+)
+from .loop import TrainArgs, deepspeed_config, init_distributed, save_final, train
+
+
+@dataclass
+class DataArgs:
+    train_file: str = ""
+    text_field: str | None = None  # JSONL field holding the text
+    source_field: str = "source"  # UniLM pairs (JSONL)
+    target_field: str = "target"
+    tokenizer: str = ""  # tokenizer folder, vocab.txt or sentencepiece .model
+    model_preset: str = "roformer-tiny"
+    model: str | None = None  # continue from a checkpoint instead of a preset
+    max_seq_length: int = 128
+    mask_prob: float = 0.15
+    whole_word_masking: bool = True
+    segmenter: str = "rjieba"  # rjieba | jieba (word boundaries for whole-word masking)
+    streaming: bool = False
+    num_proc: int = 0  # 0: one per core
+    skip_bad_lines: bool = False
+    packing_mask: bool = True  # attention inside each packed document (block-diagonal)
+
+
+def parse_args(argv=None, **overrides):
+    """Dataclass defaults <- `overrides` (a script's defaults) <- JSON --config <- command line."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    defaults = {f.name: f.default for cls in (DataArgs, TrainArgs) for f in dataclasses.fields(cls)}
+    defaults.update(overrides)
+    if known.config:
+        recipe = json.loads(Path(known.config).read_text(encoding="utf-8"))
+        unknown = sorted(set(recipe) - set(defaults))
+        if unknown:
+            raise SystemExit(f"{known.config}: unknown keys {unknown}")
+        defaults.update(recipe)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", help="JSON file of defaults for the options below")
+    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    types = {f.name: f.type for cls in (DataArgs, TrainArgs) for f in dataclasses.fields(cls)}
+    for key, value in defaults.items():
+        kind = str(types.get(key, "str"))
+        if "bool" in kind:
+            parser.add_argument(f"--{key}", type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
+        elif "int" in kind and "None" not in kind:
+            parser.add_argument(f"--{key}", type=int, default=value)
+        elif "float" in kind:
+            parser.add_argument(f"--{key}", type=float, default=value)
+        else:
+            parser.add_argument(f"--{key}", default=value)
+    args = parser.parse_args(argv)
+    data = DataArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArgs)})
+    train_args = TrainArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainArgs)})
+    return data, train_args
+
+
+@contextlib.contextmanager
+def rank_zero_first(rank: int):
+    """Rank 0 prepares (and caches) the data; the other ranks wait, then read the cache."""
+    if rank != 0:
+        dist.barrier()
+    yield
+    if rank == 0:
+        dist.barrier()
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token, 6N + 12*L*s*d (N: parameters touched per token, i.e. all but the
+    position / token-type tables), as in the PaLM MFU definition."""
+    n = config.num_hidden_groups * (4 * config.hidden_size ** 2 + 2 * config.hidden_size * config.intermediate_size)
+    n = n * config.num_hidden_layers // config.num_hidden_groups + config.vocab_size * config.embedding_size
+    return 6 * n + 12 * config.num_hidden_layers * seq_len * config.hidden_size
+
+
+def run(objective: str, model_class, argv=None, **defaults):
+    data, args = parse_args(argv, **defaults)
+    rank, world = init_distributed()
+    deepspeed_config(args, world)  # a contradicting DeepSpeed JSON fails here, before any data work
+    from tokenization import load_tokenizer
+
+    if not data.train_file:
+        raise SystemExit("--train_file is required")
+    tokenizer = load_tokenizer(data.tokenizer)
+    num_proc = data.num_proc or default_num_proc()
+    started = time.time()
+    fields = [data.source_field, data.target_field] if objective == "unilm" else None
+    with rank_zero_first(rank):
+        corpus, report = load_corpus(data.train_file, data.text_field, fields=fields, skip_bad_lines=data.skip_bad_lines,
+                                     streaming=data.streaming, num_proc=None if data.streaming else num_proc)
+        map_kwargs = {} if data.streaming else {"num_proc": num_proc, "desc": "tokenize + pack"}
+        if objective == "unilm":
+            encode = partial(encode_pairs, tokenizer=tokenizer, max_length=data.max_seq_length,
+                             source=data.source_field, target=data.target_field)
+        else:
+            encode = partial(encode_and_pack, tokenizer=tokenizer, max_length=data.max_seq_length,
+                             whole_word=objective == "mlm" and data.whole_word_masking, segmenter=data.segmenter)
+        rows = corpus.map(encode, batched=True, batch_size=1000, remove_columns=fields or ["text"], **map_kwargs)
+        if not data.packing_mask and not data.streaming and "document_ids" in rows.column_names:
+            rows = rows.remove_columns("document_ids")
+    if data.streaming:
+        source = StreamRows(rows, args.per_device_batch_size)
+        if rank == 0:
+            print(f"data: streaming {report.files} file(s)", flush=True)
+    else:
+        source = RowSource(rows, args.per_device_batch_size, args.seed)
+        if rank == 0:
+            tokens = sum(map(len, rows["input_ids"]))
+            extra = ""
+            if "truncated" in rows.column_names:
+                extra = f", {sum(rows['truncated'])} over-long pair(s) truncated"
+            print(f"data: {report.summary()}; {len(rows)} rows, {tokens} tokens, padding "
+                  f"{1 - tokens / (len(rows) * data.max_seq_length):.1%} at length {data.max_seq_length}{extra} "
+                  f"({time.time() - started:.0f}s)", flush=True)
+
+    collate = {"mlm": partial(mlm_batch, mask_prob=data.mask_prob, whole_word=data.whole_word_masking),
+               "clm": clm_batch, "unilm": unilm_batch}[objective]
+
+    def batches(index: int, rank: int, world: int):
+        picked = source.rows(index, rank, world)
+        if not data.packing_mask:
+            picked = [{k: v for k, v in r.items() if k != "document_ids"} for r in picked]
+        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)
+        batch = collate(picked, tokenizer=tokenizer, generator=gen)
+        batch.pop("truncated", None)
+        return batch
+
+    def make_model():
+        if data.model:
+            return model_class.from_pretrained(data.model)
+        from .. import SujiConfig
+
+        config = SujiConfig.from_preset(data.model_preset, vocab_size=len(tokenizer),
+                                        pad_token_id=tokenizer.pad_token_id)
+        config.max_position_embeddings = max(config.max_position_embeddings, data.max_seq_length)
+        return model_class._from_config(config)
+
+    def save_files(path):
+        tokenizer.save_pretrained(path)
+
+    losses, engine = train(make_model, batches, args, save_files=save_files,
+                           flops_per_token=flops_per_token(engine_config(data, tokenizer), data.max_seq_length))
+    if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step:
+        return losses
+    probe = {k: v for k, v in batches(0, 0, 1).items() if k != "labels"}
+    final = save_final(engine, args.output_dir, tokenizer, probe=probe)
+    if rank == 0:
+        head, tail = losses[:10], losses[-10:]
+        first = sum(l for _, l in head) / max(1, len(head))
+        last = sum(l for _, l in tail) / max(1, len(tail))
+        print(f"summary: {len(losses)} steps, loss {first:.3f} -> {last:.3f} (mean of first/last 10 steps)"
+              + (f", {len(report.skipped)} bad line(s) skipped" if report.skipped else ""), flush=True)
+        print(f"checkpoint: {final}")
+        print(f"load it with: {model_class.__name__}.from_pretrained({str(final)!r})  # after `import suji_models`")
+    return losses
+
+
+def engine_config(data: DataArgs, tokenizer):
+    """The config the model will have (for the FLOP count) without building the model."""
+    from .. import SujiConfig
+
+    if data.model:
+        return SujiConfig.from_pretrained(data.model)
+    return SujiConfig.from_preset(data.model_preset, vocab_size=len(tokenizer))
