@@ -126,5 +126,17 @@ def test_bad_corpus_line_is_named_or_skipped(tmp_path):
                        "--max_steps", 2, procs=1)
     assert code != 0 and "c.txt:51: invalid UTF-8" in log
     log = ok("pretrain/run_mlm.py", "--train_file", corpus, "--output_dir", tmp_path / "b", *COMMON,
-             "--max_steps", 2, "--skip_bad_lines", "true", procs=1)
+             "--max_steps", 2, "--skip_bad_lines", "true", "--report_to", "wandb", procs=1)
     assert "1 bad line(s) skipped" in log
+    assert list((tmp_path / "b" / "wandb").glob("offline-run-*"))  # no API key: wandb logs offline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["1", "2", "3", "2_offload"])
+@pytest.mark.parametrize("script", ["run_mlm", "run_clm", "run_unilm"])
+def test_every_entry_point_under_every_zero_stage(script, stage, tmp_path):
+    data = ["--train_file", INEWS, "--source_field", "content", "--target_field", "title"] if script == "run_unilm" \
+        else ["--train_file", CLUE]
+    log = ok(f"pretrain/{script}.py", *data, "--max_steps", 6, "--output_dir", tmp_path / "run",
+             "--deepspeed_config", f"configs/deepspeed/zero{stage}.json", *COMMON)
+    assert "summary: 6 steps" in log and (tmp_path / "run" / "final" / "model.safetensors").is_file()

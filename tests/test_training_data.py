@@ -1,4 +1,4 @@
-"""Pretraining data path: reading (bad input), packing, MLM masking statistics on real text."""
+"""Pretraining data path: reading (bad input), datasets loading, packing, masking on real text."""
 
 import json
 
@@ -6,7 +6,16 @@ import pytest
 import torch
 from transformers import BertTokenizer
 
-from suji_models.training.data import CorpusError, pack_rows, read_documents
+from suji_models.training.corpus import CorpusError, read_documents
+from suji_models.training.data import (
+    RowSource,
+    StreamRows,
+    clm_batch,
+    encode_and_pack,
+    load_corpus,
+    mlm_batch,
+    pack_segments,
+)
 from suji_models.training.loop import TrainArgs, deepspeed_config
 from suji_models.training.masking import mask_for_mlm
 
@@ -61,38 +70,119 @@ def test_directory_of_files(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_rows():
+def tokenizer():
+    from tokenization import load_tokenizer
+
+    return load_tokenizer(VOCAB)
+
+
+@pytest.fixture(scope="module")
+def clue_docs():
     from .conftest import SHARED
 
-    tokenizer = BertTokenizer(vocab=str(VOCAB))
     docs, _ = read_documents(SHARED / "data" / "corpus" / "clue_corpus_small" / "CLUECorpusSmall_sampled.txt")
-    ids = tokenizer(docs[:400], add_special_tokens=False)["input_ids"]
-    return tokenizer, ids, pack_rows(ids, 128, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    return docs[:300]
 
 
-def test_packing_keeps_every_token_and_wastes_under_5_percent(real_rows):
-    tokenizer, ids, rows = real_rows
-    assert all(len(r) <= 128 and r[0] == tokenizer.cls_token_id for r in rows)
-    stream = [t for r in rows for t in r[1:]]
-    assert stream == [t for doc in ids for t in doc + [tokenizer.sep_token_id]]  # order kept, nothing dropped
-    padding = 1 - sum(map(len, rows)) / (len(rows) * 128)
-    assert padding < 0.05
+@pytest.fixture(scope="module")
+def packed(tokenizer, clue_docs):
+    return encode_and_pack({"text": clue_docs}, tokenizer=tokenizer, max_length=128, whole_word=True)
 
 
-def test_mlm_masking_statistics_on_real_text(real_rows):
-    tokenizer, _, rows = real_rows
-    ids = torch.tensor([r for r in rows if len(r) == 128])
-    maskable = ~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
-    gen = torch.Generator().manual_seed(0)
-    corrupted, labels = mask_for_mlm(ids, mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
-                                     maskable=maskable, generator=gen)
+def test_packing_keeps_every_token_and_wastes_under_5_percent(tokenizer, clue_docs, packed):
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    rows = packed["input_ids"]
+    assert all(len(r) <= 128 for r in rows)
+    content = [t for r in rows for t in r if t not in (cls, sep)]
+    expected = [t for d in tokenizer(clue_docs, add_special_tokens=False)["input_ids"] for t in d]
+    assert content == expected  # order kept, nothing dropped
+    assert 1 - sum(map(len, rows)) / (len(rows) * 128) < 0.05
+    for ids, docs in zip(rows, packed["document_ids"]):  # every segment is [CLS] ... [SEP]
+        for d in set(docs):
+            seg = [t for t, x in zip(ids, docs) if x == d]
+            assert seg[0] == cls and seg[-1] == sep and cls not in seg[1:-1]
+
+
+def test_long_documents_are_chunked_not_truncated(tokenizer):
+    long = "中国人民银行今天宣布" * 40  # 400 chars
+    out = pack_segments(tokenizer([long], add_special_tokens=False)["input_ids"], None, 64,
+                        tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert sum(len(r) - 2 * len(set(d)) for r, d in zip(out["input_ids"], out["document_ids"])) == 400
+
+
+def test_whole_word_masking_on_real_text(tokenizer, clue_docs, packed):
+    """Masked fraction near 15% of maskable tokens, and every jieba word masked whole or not at all."""
+    rows = [dict(input_ids=i, document_ids=d, word_ids=w)
+            for i, d, w in zip(packed["input_ids"], packed["document_ids"], packed["word_ids"])]
+    batch = mlm_batch(rows, tokenizer=tokenizer, generator=torch.Generator().manual_seed(0))
+    labels, words = batch["labels"], torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(r["word_ids"]) for r in rows], batch_first=True, padding_value=-1)
     chosen = labels != -100
-    assert torch.equal(labels[chosen], ids[chosen]) and not chosen[~maskable].any()
-    assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.01
-    as_mask = (corrupted == tokenizer.mask_token_id)[chosen].float().mean()
-    kept = (corrupted == ids)[chosen].float().mean()
-    assert abs(as_mask - 0.8) < 0.02 and 0.09 < kept < 0.13  # 10% kept + random draws of the same token
-    assert torch.equal(corrupted[~chosen], ids[~chosen])
+    maskable = words >= 0
+    fraction = chosen.sum() / maskable.sum()
+    assert 0.12 < fraction < 0.18  # whole words: the token fraction varies with word lengths
+    multi_char_words = 0
+    for r in range(len(rows)):
+        for w in words[r][maskable[r]].unique():
+            in_word = chosen[r][words[r] == w]
+            assert in_word.all() or not in_word.any()
+            multi_char_words += int(in_word.numel() > 1 and in_word.all())
+    assert multi_char_words > 100  # real multi-character words were masked together
+    assert chosen[maskable].any() and not chosen[~maskable].any()
+
+
+def test_clm_labels_skip_padding_and_segment_starts(tokenizer):
+    rows = [dict(input_ids=[2, 10, 11, 3, 2, 12, 3], document_ids=[0, 0, 0, 0, 1, 1, 1]),
+            dict(input_ids=[2, 13, 3], document_ids=[0, 0, 0])]
+    batch = clm_batch(rows, tokenizer=tokenizer)
+    assert batch["labels"].tolist() == [[2, 10, 11, 3, -100, 12, 3], [2, 13, 3, -100, -100, -100, -100]]
+    assert batch["document_ids"][1].tolist() == [0, 0, 0, -1, -1, -1, -1]
+
+
+def test_load_corpus_text_jsonl_saved_and_streaming(tmp_path):
+    import datasets
+
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"content": f"第{i}篇新闻", "title": f"标题{i}"},
+                                                              ensure_ascii=False) for i in range(20)))
+    ds, report = load_corpus(tmp_path / "a.jsonl", "content")
+    assert ds["text"][:2] == ["第0篇新闻", "第1篇新闻"] and report.documents == 20
+    pairs, _ = load_corpus(tmp_path / "a.jsonl", fields=["content", "title"])
+    assert pairs[3] == {"content": "第3篇新闻", "title": "标题3"}
+    datasets.Dataset.from_dict({"body": ["甲乙丙", "丁戊"]}).save_to_disk(tmp_path / "saved")
+    saved, _ = load_corpus(tmp_path / "saved", "body")
+    assert saved["text"] == ["甲乙丙", "丁戊"]
+    with pytest.raises(CorpusError, match=r"saved dataset has no column\(s\) \['text'\]"):
+        load_corpus(tmp_path / "saved")
+    stream, _ = load_corpus(tmp_path / "a.jsonl", "content", streaming=True)
+    assert [r["text"] for r in stream.take(2)] == ["第0篇新闻", "第1篇新闻"]
+
+
+def test_load_corpus_reports_bad_lines_through_datasets(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps({"text": "好"}) + "\n" + json.dumps({"other": 1}) + "\n")
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: JSON object has no field 'text'"):
+        load_corpus(f, "text")
+    ds, report = load_corpus(f, "text", skip_bad_lines=True)
+    assert len(ds) == 1 and len(report.skipped) == 1
+
+
+def test_row_sources_split_ranks_and_epochs(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"input_ids": [[i] for i in range(10)]})
+    source = RowSource(ds, batch_size=2, seed=0)
+    seen = [r["input_ids"][0] for step in range(5) for rank in range(2) for r in source.rows(step, rank, 2)]
+    assert sorted(seen[:10]) == list(range(10))  # the first epoch covers every row exactly once
+    assert source.rows(3, 1, 2) == RowSource(ds, 2, 0).rows(3, 1, 2)  # a pure function of (step, rank)
+    stream = StreamRows(ds.to_iterable_dataset(), batch_size=2)
+    ranks = [StreamRows(ds.to_iterable_dataset(), 2) for _ in range(2)]
+    got = [r["input_ids"][0] for step in range(2) for rank, s in enumerate(ranks) for r in s.rows(step, rank, 2)]
+    assert len(set(got)) == 8  # disjoint shards
+    resumed = StreamRows(ds.to_iterable_dataset(), 2)  # resuming at step 1 skips step 0's rows
+    assert stream.rows(0, 0, 1) + stream.rows(1, 0, 1) == [{"input_ids": [i]} for i in range(4)]
+    assert resumed.rows(1, 0, 1) == [{"input_ids": [2]}, {"input_ids": [3]}]
+    with pytest.raises(RuntimeError, match="read in order"):
+        resumed.rows(5, 0, 1)
 
 
 def test_whole_word_masking_masks_words_together():

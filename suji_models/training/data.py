@@ -229,7 +229,8 @@ def _common(rows, pad_id):
 
 def mlm_batch(rows, *, tokenizer, generator, mask_prob=0.15, whole_word=True):
     batch = _common(rows, tokenizer.pad_token_id)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    # Structural tokens are never masked; [UNK] is an ordinary token (often inside a word).
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}))
     maskable = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], special)
     word_ids = _pad(rows, "word_ids", -1) if whole_word and "word_ids" in rows[0] else None
     batch["input_ids"], batch["labels"] = mask_for_mlm(
