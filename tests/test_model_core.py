@@ -153,3 +153,15 @@ def test_gradient_checkpointing_gives_same_gradients():
     model(input_ids=ids, labels=ids).loss.backward()
     for a, p in zip(plain, model.parameters()):
         torch.testing.assert_close(p.grad, a)
+
+
+def test_masked_only_lm_head_gives_the_same_loss():
+    model = S.SujiForMaskedLM(S.SujiConfig.from_preset("bert-tiny")).eval()
+    ids = torch.randint(5, 128, (2, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 7], labels[1, 9] = 11, 12, 13
+    full = model(input_ids=ids, labels=labels)
+    sparse = model(input_ids=ids, labels=labels, masked_logits_only=True)
+    assert sparse.logits.shape == (3, 128)
+    torch.testing.assert_close(sparse.loss, full.loss)
+    torch.testing.assert_close(sparse.logits, full.logits[labels != -100])

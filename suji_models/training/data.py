@@ -236,6 +236,7 @@ def mlm_batch(rows, *, tokenizer, generator, mask_prob=0.15, whole_word=True):
     batch["input_ids"], batch["labels"] = mask_for_mlm(
         batch["input_ids"], mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer), maskable=maskable,
         word_ids=word_ids, mask_prob=mask_prob, generator=generator)
+    batch["masked_logits_only"] = True  # the LM head runs on the ~15% masked positions only
     return batch
 
 

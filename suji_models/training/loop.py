@@ -215,7 +215,7 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None =
             torch.manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)  # dropout, per (step, rank)
             batch = batches(index, rank, world)
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()

@@ -171,7 +171,7 @@ def run(objective: str, model_class, argv=None, **defaults):
                            flops_per_token=flops_per_token(engine_config(data, tokenizer), data.max_seq_length))
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step:
         return losses
-    probe = {k: v for k, v in batches(0, 0, 1).items() if k != "labels"}
+    probe = {k: v for k, v in batches(0, 0, 1).items() if k not in ("labels", "masked_logits_only")}
     final = save_final(engine, args.output_dir, tokenizer, probe=probe)
     if rank == 0:
         head, tail = losses[:10], losses[-10:]
