@@ -140,3 +140,10 @@ def test_every_entry_point_under_every_zero_stage(script, stage, tmp_path):
     log = ok(f"pretrain/{script}.py", *data, "--max_steps", 6, "--output_dir", tmp_path / "run",
              "--deepspeed_config", f"configs/deepspeed/zero{stage}.json", *COMMON)
     assert "summary: 6 steps" in log and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_streaming_mode_trains_on_per_rank_shards(tmp_path):
+    log = ok("pretrain/run_mlm.py", "--train_file", CLUE, "--streaming", "true", "--max_steps", 30,
+             "--output_dir", tmp_path / "s", *COMMON)
+    assert "data: streaming 1 file(s)" in log
+    assert loss_drop(log) > 0.2, log[-2000:]
