@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -20,10 +21,17 @@ INEWS = SHARED / "data" / "corpus" / "inews" / "dev.jsonl"
 VOCAB = REPO_ROOT / "pretrain" / "data" / "vocab.txt"
 
 
+def free_port() -> int:
+    with socket.socket() as s:  # concurrent jobs must not share DeepSpeed's default port 29500
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(script, *args, procs=2, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    out = subprocess.run([deepspeed, "--num_gpus", str(procs), script, *map(str, args)], cwd=REPO_ROOT, env=env,
+    command = [deepspeed, "--num_gpus", str(procs), "--master_port", str(free_port()), script, *map(str, args)]
+    out = subprocess.run(command, cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=timeout)
     return out.returncode, out.stdout + out.stderr
 

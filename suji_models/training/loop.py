@@ -175,12 +175,22 @@ def build_model(model_fn, ds_config: dict):
     return model_fn()
 
 
-def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None = None, save_files=None):
+def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_files=None,
+          evaluate=None, eval_steps: int = 0, best_metric: str | None = None, greater_is_better: bool = True):
     """Train the model built by `model_fn()` with DeepSpeed on `batches(micro_step, rank, world)`.
 
     `batches` must be a pure function of its arguments (see the module docstring); so is dropout,
     which is reseeded from (seed, step, rank) every micro-step. `save_files(dir)` writes extra files
     (config, tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine.
+
+    Periodic evaluation (optional, added for the finetuning recipes; pretraining passes nothing and
+    runs exactly as before): with `evaluate(engine, step) -> dict` and `eval_steps > 0` the loop
+    calls `evaluate` on every rank (it must return the same numbers everywhere, e.g. from
+    all-reduced counts) every `eval_steps` optimizer steps and after the last step, logs the numbers
+    as `eval_*`, and, when `best_metric` improves, writes the consolidated weights to
+    `output_dir/best` (`save_pretrained` + `save_files` + `eval_metrics.json`). The engine is in
+    eval mode during the call. Batches and dropout are reseeded from the step every micro-step, so
+    evaluating changes nothing in training and a resumed run still equals an uninterrupted one.
     """
     import deepspeed
 
@@ -189,6 +199,8 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None =
     config = deepspeed_config(args, world)
     torch.manual_seed(args.seed)
     model = build_model(model_fn, config)
+    if callable(flops_per_token):  # a function of the built model's config (for MFU on GPU)
+        flops_per_token = flops_per_token(model.config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.learning_rate,
@@ -206,6 +218,7 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None =
             print(f"resumed from {done[-1]} at step {start}", flush=True)
 
     log = Logger(args, rank, config)
+    best = _stored_best(output_dir, start, best_metric) if evaluate is not None else None
     losses, tokens, t0 = [], 0, time.time()
     bar = tqdm(total=args.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
     engine.train()
@@ -236,6 +249,10 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None =
             tokens, t0 = 0, time.time()
         bar.update(1)
         losses.append((done_steps, loss_value))
+        if evaluate is not None and eval_steps > 0 and (done_steps % eval_steps == 0 or done_steps == args.max_steps):
+            best = _evaluate_and_keep_best(engine, evaluate, done_steps, output_dir, log, best, best_metric,
+                                           greater_is_better, rank, save_files)
+            t0 = time.time()  # evaluation time does not count as training throughput
         if done_steps == args.stop_at_step and done_steps < args.max_steps:
             save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank, save_files)
             if rank == 0:
@@ -248,6 +265,50 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token: float | None =
     if rank == 0 and not (args.stop_at_step and losses and losses[-1][0] == args.stop_at_step):
         print(f"finished {args.max_steps} steps; final loss {losses[-1][1]:.4f}" if losses else "nothing to do", flush=True)
     return losses, engine
+
+
+def _stored_best(output_dir: Path, start: int, best_metric: str | None):
+    """The best metric value an earlier part of this run kept (when resuming), else None."""
+    stored = output_dir / "best" / "eval_metrics.json"
+    if not best_metric or start == 0 or not stored.is_file():
+        return None
+    record = json.loads(stored.read_text())
+    return record["metrics"].get(best_metric) if record.get("step", start + 1) <= start else None
+
+
+def _evaluate_and_keep_best(engine, evaluate, step, output_dir, log, best, best_metric, greater_is_better, rank,
+                            save_files):
+    engine.eval()
+    with torch.no_grad():
+        metrics = evaluate(engine, step)
+    engine.train()
+    log.log(step, {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    if not best_metric:
+        return best
+    if best_metric not in metrics:
+        raise KeyError(f"evaluate() returned {sorted(metrics)}, without best_metric {best_metric!r}")
+    value = metrics[best_metric]
+    if best is None or (value > best if greater_is_better else value < best):
+        save_best(engine, output_dir, step, metrics, rank, save_files)
+        if rank == 0:
+            print(f"new best {best_metric} {value:.4f} at step {step}: saved {Path(output_dir) / 'best'}", flush=True)
+        return value
+    return best
+
+
+def save_best(engine, output_dir, step: int, metrics: dict, rank: int, save_files=None):
+    """Consolidated weights, `save_files` and the metrics in `output_dir/best`; every rank calls it."""
+    state = consolidated_state_dict(engine)
+    path = Path(output_dir) / "best"
+    if rank == 0:
+        if path.exists():
+            shutil.rmtree(path)
+        engine.module.save_pretrained(path, state_dict={k: v.float() for k, v in state.items()})
+        if save_files is not None:
+            save_files(path)
+        record = {"step": step, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
+        (path / "eval_metrics.json").write_text(json.dumps(record, indent=2))
+    dist.barrier()
 
 
 def peak_flops() -> float:

@@ -168,7 +168,7 @@ def run(objective: str, model_class, argv=None, **defaults):
         tokenizer.save_pretrained(path)
 
     losses, engine = train(make_model, batches, args, save_files=save_files,
-                           flops_per_token=flops_per_token(engine_config(data, tokenizer), data.max_seq_length))
+                           flops_per_token=partial(flops_per_token, seq_len=data.max_seq_length))
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step:
         return losses
     probe = {k: v for k, v in batches(0, 0, 1).items() if k not in ("labels", "masked_logits_only")}
@@ -182,12 +182,3 @@ def run(objective: str, model_class, argv=None, **defaults):
         print(f"checkpoint: {final}")
         print(f"load it with: {model_class.__name__}.from_pretrained({str(final)!r})  # after `import suji_models`")
     return losses
-
-
-def engine_config(data: DataArgs, tokenizer):
-    """The config the model will have (for the FLOP count) without building the model."""
-    from .. import SujiConfig
-
-    if data.model:
-        return SujiConfig.from_pretrained(data.model)
-    return SujiConfig.from_preset(data.model_preset, vocab_size=len(tokenizer))
