@@ -47,23 +47,17 @@ short run may simply not be in the regime where the scale matters.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import re
+import time
+from collections import Counter
 from pathlib import Path
 
-# bench/tokenize.py would shadow the standard library's `tokenize` (imported by torch): drop this
-# script's folder from the import path before importing anything else.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import torch
+from transformers import BertTokenizer
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-
-import torch  # noqa: E402
-from transformers import BertTokenizer  # noqa: E402
-
-import suji_models as S  # noqa: E402
+import suji_models as S
 
 LENGTHS = (64, 128, 256, 512, 1024)
 TRAIN_LENGTH = 64

@@ -14,7 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import AutoTokenizer, BertTokenizer  # noqa: E402
 from transformers.models.bert import BertTokenizerLegacy  # noqa: E402
 
-from tokenization import ChineseCharTokenizer, SequenceTooLongError, build_char_vocab, iter_texts, load_tokenizer, write_vocab  # noqa: E402
+from tokenization import (  # noqa: E402
+    ChineseCharTokenizer,
+    SequenceTooLongError,
+    build_char_vocab,
+    iter_texts,
+    load_tokenizer,
+    write_vocab,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -91,6 +98,15 @@ def test_ids_identical_to_bert_tokenizers_on_real_text(tokenizer, references, na
     mismatches = [i for i, text in enumerate(texts) if legacy.encode(text, add_special_tokens=False) != ours[i]]
     assert mismatches == []
     assert sum(map(len, ours)) > 20000  # the sample is real work, not a handful of tokens
+
+
+def test_cased_configuration_matches_too(vocab_file):
+    texts = corpus("weibo")[:300] + ["Café CAFÉ İstanbul ǅ", "iPhone12 HELLO"]
+    for options in (dict(do_lower_case=False), dict(do_lower_case=True, strip_accents=False)):
+        ours = ChineseCharTokenizer(vocab_file, **options)
+        assert ours(texts)["input_ids"] == BertTokenizer(vocab=str(vocab_file), **options)(texts)["input_ids"]
+        legacy = BertTokenizerLegacy(vocab_file=str(vocab_file), **options)
+        assert ours(texts)["input_ids"] == [legacy(t)["input_ids"] for t in texts]
 
 
 def test_ids_identical_on_edge_cases(tokenizer, references):
@@ -175,6 +191,40 @@ def test_save_pretrained_loads_in_plain_transformers(tokenizer, tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path)(texts[:5])["input_ids"] == tokenizer(texts[:5])["input_ids"]
 
 
+CALL_VARIANTS = [
+    dict(),
+    dict(padding=True, truncation=True, max_length=40, return_tensors="pt"),
+    dict(padding="max_length", max_length=300, return_special_tokens_mask=True, return_length=True),
+    dict(truncation=True, max_length=16, return_token_type_ids=False, return_attention_mask=False),
+    dict(add_special_tokens=False, split_special_tokens=True),
+    dict(truncation="only_second", max_length=36, padding=True, return_tensors="np"),
+]
+
+
+@pytest.mark.parametrize("kwargs", CALL_VARIANTS, ids=lambda k: ",".join(k) or "defaults")
+def test_call_matches_bert_tokenizer_field_by_field(tokenizer, references, kwargs):
+    # __call__ skips offset tracking unless asked (encode_batch_fast) and computes the full encodings
+    # lazily; every output and every BatchEncoding method must still be BertTokenizer's.
+    rust, _ = references
+    first = ["今天[MASK]天气不错", "Hello世界，iPhone12!", "", "中" * 30]
+    second = ["明天呢？", "x", "空", "y" * 5]
+    for args in ((first,), (first, second), (first[1],), (first[1], second[1])):
+        if kwargs.get("truncation") == "only_second" and len(args) == 1:
+            continue
+        ours, theirs = tokenizer(*args, **kwargs), rust(*args, **kwargs)
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            assert str(ours[key]) == str(theirs[key]), key  # lists, tensors and arrays alike
+        batch = len(first) if isinstance(args[0], list) else 1
+        for index in range(batch):
+            assert ours.tokens(index) == theirs.tokens(index)
+            assert ours.word_ids(index) == theirs.word_ids(index)
+            assert ours.sequence_ids(index) == theirs.sequence_ids(index)
+            for char in range(8):
+                assert ours.char_to_token(index, char) == theirs.char_to_token(index, char)
+        assert ours.n_sequences == theirs.n_sequences
+
+
 def test_load_tokenizer_from_bare_vocab(tokenizer, vocab_file, tmp_path):
     text = corpus("news")[0][:300]
     assert load_tokenizer(vocab_file)(text)["input_ids"] == tokenizer(text)["input_ids"]
@@ -225,4 +275,5 @@ def test_encode_ids_fast_path_equals_call(tokenizer):
     assert 300 < len(short) < len(texts)
     assert tokenizer.encode_ids(short) == tokenizer(short)["input_ids"]
     assert tokenizer.encode_ids(texts, max_length=128) == tokenizer(texts, truncation=True, max_length=128)["input_ids"]
-    assert tokenizer.encode_ids(texts, add_special_tokens=False) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    raw = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert tokenizer.encode_ids(texts, add_special_tokens=False) == raw

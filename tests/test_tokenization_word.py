@@ -15,8 +15,15 @@ from tokenizers import normalizers  # noqa: E402
 from transformers import AutoTokenizer, RoFormerTokenizer  # noqa: E402
 from transformers.models.bert import BertTokenizerLegacy  # noqa: E402
 
-from tokenization import ChineseWordTokenizer, build_word_vocab, iter_texts, load_tokenizer, write_vocab  # noqa: E402
-from tokenization.word import _CJK_ONLY  # noqa: E402
+from tokenization import (  # noqa: E402
+    ChineseWordTokenizer,
+    SequenceTooLongError,
+    build_word_vocab,
+    iter_texts,
+    load_tokenizer,
+    write_vocab,
+)
+from tokenization.word import CJK_WORD  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NEWS = DATA / "corpus/clue_corpus_small/CLUECorpusSmall_sampled.txt"
@@ -85,7 +92,7 @@ def reference(vocab_file):
 def test_vocabulary_has_words_after_the_chars(tokenizer):
     vocab = tokenizer.get_vocab()
     assert vocab["[CLS]"] == 101
-    words = [t for t in vocab if len(t) > 1 and _CJK_ONLY.fullmatch(t)]
+    words = [t for t in vocab if len(t) > 1 and CJK_WORD.fullmatch(t)]
     assert len(words) > 10000
     assert min(vocab[w] for w in words) > max(vocab[t] for t in vocab if len(t) == 1)
 
@@ -96,7 +103,7 @@ def test_ids_identical_to_bert4keras_wobert_on_real_text(tokenizer, reference, n
     texts = corpus(name)
     ours = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
     assert [i for i, text in enumerate(texts) if reference(text) != ours[i]] == []
-    words = sum(len(t) > 1 for ids in ours for t in tokenizer.convert_ids_to_tokens(ids) if _CJK_ONLY.fullmatch(t))
+    words = sum(len(t) > 1 for ids in ours for t in tokenizer.convert_ids_to_tokens(ids) if CJK_WORD.fullmatch(t))
     assert words > 400 or name == "dialogue"  # vocabulary words really are single tokens
 
 
@@ -133,7 +140,9 @@ def test_word_ids_are_jieba_words_and_encoding_methods_work(tokenizer):
     tokens, word_ids = encoding.tokens(), encoding.word_ids()
     assert tokens[:4] == ["[CLS]", "兰州", "公交", "集团"]
     assert word_ids[0] is None and word_ids[-1] is None
-    iphone = [i for i, w in enumerate(word_ids) if w is not None and text[slice(*encoding.word_to_chars(w))] == "iPhone12"]
+    iphone = [
+        i for i, w in enumerate(word_ids) if w is not None and text[slice(*encoding.word_to_chars(w))] == "iPhone12"
+    ]
     assert [tokens[i] for i in iphone] == ["iphone", "##12"]  # one jieba word, two WordPieces
     assert encoding.char_to_token(2) == 2 and encoding.token_to_chars(2) == (2, 4)  # 公交
     assert encoding.char_to_word(3) == encoding.token_to_word(2)
@@ -150,7 +159,8 @@ def test_special_tokens_in_text_and_pre_split_words(tokenizer):
 
 
 def test_user_dictionary_and_round_trip(vocab_file, tmp_path):
-    words = write_vocab(Path(vocab_file).read_text(encoding="utf-8").split("\n")[:-1] + ["靖远路站"], tmp_path / "v.txt")
+    tokens = Path(vocab_file).read_text(encoding="utf-8").split("\n")[:-1]
+    words = write_vocab(tokens + ["靖远路站"], tmp_path / "v.txt")
     plain = ChineseWordTokenizer(words)
     assert "靖远路站" not in plain.tokenize("经过靖远路站")
     custom = ChineseWordTokenizer(words, user_dict=["靖远路站 100 ns"])
@@ -182,12 +192,26 @@ def test_batch_pairs_padding_truncation_tensors(tokenizer):
     assert batch["input_ids"][1].tolist()[:2] == [101, 102]
     assert tokenizer.stats["truncated"] >= 1
     assert tokenizer("")["input_ids"] == [101, 102]
+    with pytest.raises(SequenceTooLongError):
+        tokenizer("北京欢迎你。" * 200)
+    before = tokenizer.stats["unk_tokens"]
+    assert tokenizer("好😀")["input_ids"].count(tokenizer.unk_token_id) == 1
+    assert tokenizer.stats["unk_tokens"] == before + 1
+
+
+def test_encode_ids_fast_path_equals_call(tokenizer):
+    texts = corpus("weibo")[:300] + ["北京[MASK]欢迎你", ""]
+    assert tokenizer.encode_ids(texts) == tokenizer(texts)["input_ids"]
+    long_texts = corpus("news")[:50]
+    assert tokenizer.encode_ids(long_texts, max_length=64) == tokenizer(long_texts, truncation=True, max_length=64)["input_ids"]
 
 
 def test_cjk_class_matches_the_rust_normalizer():
     # Out-of-vocabulary CJK words are split in Python; the class must be exactly the characters the
     # Rust BertNormalizer isolates (used by the char tokenizer), over all of Unicode.
     chars = "".join(chr(c) for c in range(0x20, 0x110000) if not 0xD800 <= c <= 0xDFFF)
-    isolate = normalizers.BertNormalizer(clean_text=False, handle_chinese_chars=True, strip_accents=False, lowercase=False)
-    expected = "".join(f" {c} " if _CJK_ONLY.fullmatch(c) else c for c in chars)
+    isolate = normalizers.BertNormalizer(
+        clean_text=False, handle_chinese_chars=True, strip_accents=False, lowercase=False
+    )
+    expected = "".join(f" {c} " if CJK_WORD.fullmatch(c) else c for c in chars)
     assert isolate.normalize_str(chars) == expected

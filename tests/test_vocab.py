@@ -29,7 +29,7 @@ from tokenization import (  # noqa: E402
     read_vocab,
 )
 from tokenization.vocab import main as vocab_cli  # noqa: E402
-from tokenization.word import _CJK_ONLY  # noqa: E402
+from tokenization.word import CJK_WORD  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NEWS = DATA / "corpus/clue_corpus_small/CLUECorpusSmall_sampled.txt"
@@ -42,7 +42,9 @@ WEIBO = DATA / "classification/smp2020_ewect/usual/test.tsv"
 
 def test_reads_text_jsonl_tsv_and_directories(tmp_path):
     (tmp_path / "a.txt").write_bytes("\ufeff第一行\r\n\r\n  \n第二行\u2028同一行\n".encode())
-    (tmp_path / "b.jsonl").write_text('{"content": "新闻"}\n\n{"content": null}\n{"content": "二"}\n', encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(
+        '{"content": "新闻"}\n\n{"content": null}\n{"content": "二"}\n', encoding="utf-8"
+    )
     (tmp_path / "c.tsv").write_text("label\ttext_a\n1\t微博一\n0\t微博二\n", encoding="utf-8")
     (tmp_path / "LICENSE").write_text("not a corpus\n")
     stats = ReadStats()
@@ -106,7 +108,7 @@ def test_char_vocab_layout_and_coverage(char_tokens):
     assert char_tokens[0] == "[PAD]" and char_tokens[1] == "[unused1]" and char_tokens[99] == "[unused99]"
     assert char_tokens[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert 5000 < len(char_tokens) <= 12000 and len(set(char_tokens)) == len(char_tokens)
-    seen = {c for t in iter_texts([NEWS, REVIEWS], max_texts=4000) for c in t.lower() if _CJK_ONLY.fullmatch(c)}
+    seen = {c for t in iter_texts([NEWS, REVIEWS], max_texts=4000) for c in t.lower() if CJK_WORD.fullmatch(c)}
     assert seen <= set(char_tokens)  # every CJK character of the corpus
     english = [t for t in char_tokens if t.startswith("##") and t[2:].isascii() and t[2:].isalpha()]
     assert len(english) > 100 and "the" in char_tokens  # English WordPieces
@@ -118,17 +120,29 @@ def test_word_vocab_appends_frequent_jieba_words(char_tokens):
     assert tokens[: len(char_tokens)] == char_tokens  # char ids unchanged, words appended
     words = tokens[len(char_tokens) :]
     assert len(words) == 3000
-    assert all(len(w) > 1 and _CJK_ONLY.fullmatch(w) for w in words)
+    assert all(len(w) > 1 and CJK_WORD.fullmatch(w) for w in words)
     assert {"我们", "记者", "公司"} <= set(words[:500])
 
 
 def test_command_line_builds_and_prunes(tmp_path, char_tokens):
-    assert vocab_cli(["char", str(NEWS), "-o", str(tmp_path / "vocab.txt"), "--vocab-size", "6000", "--max-texts", "800"]) == 0
+    def cli(*args):
+        return vocab_cli([str(a) for a in args])
+
+    assert cli("char", NEWS, "-o", tmp_path / "vocab.txt", "--vocab-size", 6000, "--max-texts", 800) == 0
     built = read_vocab(tmp_path / "vocab.txt")
     assert built[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] and 3000 < len(built) <= 6000
-    assert vocab_cli(["char", str(DATA / "corpus/inews/dev.jsonl"), "--field", "content", "--max-texts", "200", "-o", str(tmp_path / "tok")]) == 0
+    inews = DATA / "corpus/inews/dev.jsonl"
+    assert cli("char", inews, "--field", "content", "--max-texts", 200, "-o", tmp_path / "tok") == 0
     assert type(load_tokenizer(tmp_path / "tok")) is ChineseCharTokenizer
-    assert vocab_cli(["keep", str(tmp_path / "vocab.txt"), str(WEIBO), "--field", "text_a", "--max-texts", "300", "-o", str(tmp_path / "pruned")]) == 0
+    pruned = tmp_path / "pruned"
+    assert cli("keep", tmp_path / "vocab.txt", WEIBO, "--field", "text_a", "--max-texts", 300, "-o", pruned) == 0
+    assert cli("word", NEWS, "--char-vocab", tmp_path / "vocab.txt", "--num-words", 500, "--max-texts", 300,
+               "-o", tmp_path / "word") == 0
+    assert type(load_tokenizer(tmp_path / "word")) is ChineseWordTokenizer
+    assert len(load_tokenizer(tmp_path / "word")) == len(built) + 500
+    assert cli("spm", REVIEWS, "--vocab-size", 5000, "--max-texts", 2000, "-o", tmp_path / "spm") == 0
+    cpm = load_tokenizer(tmp_path / "spm")
+    assert cpm.decode(cpm("质量不错\t好评")["input_ids"], skip_special_tokens=True) == "质量不错\t好评"
     keep_ids = json.loads((tmp_path / "pruned/keep_ids.json").read_text())
     assert len(read_vocab(tmp_path / "pruned/vocab.txt")) == len(keep_ids) < len(built)
 
@@ -187,6 +201,7 @@ def test_word_tokenizer_can_be_pruned_too(char_tokens):
 
 def test_reachable_tokens_is_bert4keras_simplified():
     # bert-base-chinese holds tokens a char tokenizer never emits: [unusedN], ##中, 中国, <S>.
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused1]", "中", "##中", "中国", "a", "##ab", "，", "##，", "<S>"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused1]"]
+    tokens += ["中", "##中", "中国", "a", "##ab", "，", "##，", "<S>"]
     kept = [tokens[i] for i in reachable_tokens(tokens)]
     assert kept == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "中", "a", "##ab", "，"]

@@ -44,7 +44,7 @@ def test_rjieba_equals_jieba_without_hmm(texts):
 
 
 def test_rjieba_boundaries_with_hmm_are_jieba_boundaries(texts):
-    # Measured on the whole shared corpus (bench/tokenize.py): precision 1.0, recall ~0.992;
+    # Measured on the whole shared corpus (bench/tokenization_speed.py): precision 1.0, recall ~0.992;
     # rjieba keeps "4220-4230" / "DVD-RW" whole where python jieba's HMM path splits them.
     reference = [list(jieba.cut(t)) for t in texts]
     candidate = Segmenter("rjieba", hmm=True).cut_batch(texts)
@@ -116,7 +116,8 @@ def test_word_boundaries_match_jiebas_own_segmentation(texts, char_tokenizer):
 def test_default_engine_boundaries(texts, char_tokenizer):
     result = word_boundaries(texts, char_tokenizer)  # rjieba with HMM, the measured default
     normalizer = char_tokenizer.backend_tokenizer.normalizer
-    _check_against_words(texts, _with_offsets(texts, char_tokenizer, result), Segmenter("rjieba", hmm=True).cut, normalizer)
+    words_of = Segmenter("rjieba", hmm=True).cut
+    _check_against_words(texts, _with_offsets(texts, char_tokenizer, result), words_of, normalizer)
     weibo = texts[150:160]
     with_specials = word_boundaries(weibo, char_tokenizer, add_special_tokens=True)
     assert all(row[0] == -1 and row[-1] == -1 for row in with_specials["word_ids"])
@@ -140,7 +141,8 @@ def test_truncation_never_splits_a_word():
     row = {"input_ids": list(range(8)), "word_ids": [-1, 0, 1, 1, 1, 2, 2, -1]}
     assert truncate_boundaries(row, 4)["word_ids"] == [-1, 0]  # 1 1 1 would be cut in half
     assert truncate_boundaries(row, 5)["word_ids"] == [-1, 0, 1, 1, 1]
-    assert truncate_boundaries({"input_ids": [1, 2, 3], "word_ids": [0, 0, 0]}, 2)["word_ids"] == [0, 0]  # longer than the limit
+    one_long_word = {"input_ids": [1, 2, 3], "word_ids": [0, 0, 0]}
+    assert truncate_boundaries(one_long_word, 2)["word_ids"] == [0, 0]  # a word longer than the limit is cut
 
 
 def test_transformers_whole_word_masking_uses_jieba_words(texts, char_tokenizer):
@@ -158,7 +160,8 @@ def test_transformers_whole_word_masking_uses_jieba_words(texts, char_tokenizer)
             })
     word_ids = torch.tensor([example.pop("word_ids") for example in examples])
     collator = DataCollatorForLanguageModeling(
-        char_tokenizer, whole_word_mask=True, mlm_probability=0.3, mask_replace_prob=1.0, random_replace_prob=0.0, seed=0
+        char_tokenizer, whole_word_mask=True, mlm_probability=0.3, mask_replace_prob=1.0, random_replace_prob=0.0,
+        seed=0,
     )
     batch = collator(examples)
     masked = batch["labels"] != -100
@@ -166,5 +169,5 @@ def test_transformers_whole_word_masking_uses_jieba_words(texts, char_tokenizer)
     for row_mask, row_words in zip(masked, word_ids):
         for word in row_words[row_mask].unique():
             assert row_mask[row_words == word].all()  # a masked word is masked entirely
-    multi = [(row_words == w).sum() > 1 for row_mask, row_words in zip(masked, word_ids) for w in row_words[row_mask].unique()]
-    assert sum(multi) > 20  # and words really span several characters
+    sizes = [(words == w).sum() for mask, words in zip(masked, word_ids) for w in words[mask].unique()]
+    assert sum(size > 1 for size in sizes) > 20  # and words really span several characters

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 
-from transformers.tokenization_utils_base import TruncationStrategy
+from transformers.tokenization_utils_base import BatchEncoding, TruncationStrategy
 
 logger = logging.getLogger("tokenization")
 
@@ -117,14 +117,68 @@ class SujiTokenizerMixin:
 class FastAccountingMixin(SujiTokenizerMixin):
     """Accounting for Rust-backed tokenizers: one hook around the batch ``_encode_plus``."""
 
-    def _encode_plus(self, *args, **kwargs):
-        output = super()._encode_plus(*args, **kwargs)
-        encodings = output.encodings or []
-        # encodings hold the untruncated remainder in .overflowing, whatever the caller asked for.
+    def _backend_inputs(self, texts):
+        """What the Rust backend encodes for ``texts`` (the word tokenizer pre-splits them)."""
+        return list(texts)
+
+    def encode_ids(self, texts, *, add_special_tokens: bool = True, max_length: int | None = None) -> list[list[int]]:
+        """Token ids of many texts and nothing else (no BatchEncoding, no offsets): pretraining data.
+
+        Same ids as ``__call__``; ``max_length`` truncates from the right keeping the final [SEP],
+        exactly like ``truncation=True, max_length=...``, and truncations are counted.
+        """
+        backend = self.backend_tokenizer
+        backend.no_truncation()  # transformers leaves the previous call's settings on the backend
+        backend.no_padding()
+        backend.encode_special_tokens = self.split_special_tokens
+        encodings = backend.encode_batch_fast(self._backend_inputs(texts), add_special_tokens=add_special_tokens)
+        sequences = [encoding.ids for encoding in encodings]
+        flags = [False] * len(sequences)
+        if max_length is not None:
+            flags = [len(ids) > max_length for ids in sequences]
+            keep = max_length - 1 if add_special_tokens else max_length
+            sequences = [
+                (ids[:keep] + ids[-1:] if add_special_tokens else ids[:keep]) if cut else ids
+                for ids, cut in zip(sequences, flags)
+            ]
         self._account(
-            [encoding.ids for encoding in encodings],
+            sequences,
+            add_special_tokens=add_special_tokens,
+            truncation_strategy="longest_first" if max_length is not None else None,
+            truncated_flags=flags,
+        )
+        return sequences
+
+    def vocab_tokens(self) -> list[str]:
+        """The base vocabulary in id order (what ``vocab.txt`` holds)."""
+        vocab = self.backend_tokenizer.get_vocab(with_added_tokens=False)
+        tokens = [None] * (max(vocab.values()) + 1)
+        for token, index in vocab.items():
+            tokens[index] = token
+        if None in tokens:
+            raise ValueError(f"no token has id {tokens.index(None)} (a duplicated line in the vocab.txt?)")
+        return tokens
+
+    def _encode_plus(self, *args, **kwargs):
+        text = args[0] if args else kwargs.get("text")
+        if isinstance(text, (list, tuple)) and not text and not kwargs.get("is_split_into_words"):
+            # transformers raises IndexError on an empty batch; an empty batch is a valid batch.
+            empty = {name: [] for name in self.model_input_names}
+            return BatchEncoding(empty, tensor_type=kwargs.get("return_tensors"))
+        output = super()._encode_plus(*args, **kwargs)
+        truncation = kwargs.get("truncation_strategy")
+        ids = output["input_ids"]
+        if not isinstance(ids, list):  # tensors: count from the Rust encodings instead
+            ids = [encoding.ids for encoding in output.encodings]
+        elif ids and not isinstance(ids[0], list):  # a single unbatched sequence
+            ids = [ids]
+        # Rust encodings keep what truncation removed in .overflowing, whatever the caller asked.
+        truncating = truncation not in (None, TruncationStrategy.DO_NOT_TRUNCATE)
+        flags = [bool(encoding.overflowing) for encoding in output.encodings] if truncating else ()
+        self._account(
+            ids,
             add_special_tokens=kwargs.get("add_special_tokens", True),
-            truncation_strategy=kwargs.get("truncation_strategy"),
-            truncated_flags=[bool(encoding.overflowing) for encoding in encodings],
+            truncation_strategy=truncation,
+            truncated_flags=flags,
         )
         return output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -19,6 +20,8 @@ TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".json")
 TSV_SUFFIXES = (".tsv",)
 CORPUS_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + TSV_SUFFIXES
+
+logger = logging.getLogger("tokenization")
 
 
 class CorpusError(ValueError):
@@ -228,8 +231,15 @@ def read_vocab(path) -> list[str]:
 
 
 def vocab_to_dict(tokens: list[str]) -> dict[str, int]:
-    """token -> id; a duplicated token keeps its last id, as transformers' ``load_vocab`` does."""
-    return {token: index for index, token in enumerate(tokens)}
+    """token -> id; a duplicated token keeps its last id, as transformers' ``load_vocab`` does
+    (and is logged, since the earlier id then never occurs)."""
+    vocab = {}
+    for index, token in enumerate(tokens):
+        if token in vocab:
+            first = vocab[token]
+            logger.warning("vocabulary: %r at lines %d and %d; id %d is unused", token, first + 1, index + 1, first)
+        vocab[token] = index
+    return vocab
 
 
 def write_vocab(tokens, path) -> Path:
