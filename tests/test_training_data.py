@@ -154,16 +154,20 @@ def test_load_corpus_text_jsonl_saved_and_streaming(tmp_path):
     with pytest.raises(CorpusError, match=r"saved dataset has no column\(s\) \['text'\]"):
         load_corpus(tmp_path / "saved")
     stream, _ = load_corpus(tmp_path / "a.jsonl", "content", streaming=True)
-    assert [r["text"] for r in stream.take(2)] == ["第0篇新闻", "第1篇新闻"]
+    assert list(stream.take(2)) == [{"text": "第0篇新闻"}, {"text": "第1篇新闻"}]
 
 
-def test_load_corpus_reports_bad_lines_through_datasets(tmp_path):
+def test_load_corpus_reports_bad_lines_through_datasets(tmp_path, caplog):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"text": "好"}) + "\n" + json.dumps({"other": 1}) + "\n")
     with pytest.raises(CorpusError, match=r"bad.jsonl:2: JSON object has no field 'text'"):
         load_corpus(f, "text")
     ds, report = load_corpus(f, "text", skip_bad_lines=True)
     assert len(ds) == 1 and len(report.skipped) == 1
+    stream, _ = load_corpus(f, "text", skip_bad_lines=True, streaming=True)
+    with caplog.at_level("WARNING"):
+        assert list(stream) == [{"text": "好"}]
+    assert "skipped bad line" in caplog.text and "bad.jsonl:2" in caplog.text
 
 
 def test_row_sources_split_ranks_and_epochs(tmp_path):

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from .corpus import CorpusError, ReadReport, corpus_files, iter_records
 from .masking import mask_for_mlm
 
+logger = logging.getLogger(__name__)
 MIN_PIECE = 8  # do not start a segment in less room than this: it would carry almost no context
 
 
@@ -63,8 +65,9 @@ def load_corpus(paths, text_field=None, *, fields=None, skip_bad_lines=False, st
     # Lists in gen_kwargs are split across workers by datasets: only files (and their stamps) are.
     kwargs = dict(files=[str(f) for f in files], text_field=text_field, skip_bad_lines=skip_bad_lines,
                   fields=tuple(fields) if fields else None, stamps=stamps)
-    if streaming:
-        return datasets.IterableDataset.from_generator(_records, gen_kwargs=kwargs), report
+    if streaming:  # bad lines cannot be counted up front: each is reported when the stream meets it
+        stream = datasets.IterableDataset.from_generator(_records, gen_kwargs=kwargs)
+        return stream.filter(_keep_reporting_bad, input_columns="bad").remove_columns("bad"), report
     try:
         ds = datasets.Dataset.from_generator(_records, gen_kwargs=kwargs,
                                              num_proc=min(num_proc or 1, len(files)) if num_proc else None)
@@ -78,6 +81,12 @@ def load_corpus(paths, text_field=None, *, fields=None, skip_bad_lines=False, st
     if not len(ds):
         raise CorpusError(f"corpus {', '.join(map(str, paths))} is empty")
     return ds, report
+
+
+def _keep_reporting_bad(bad: str) -> bool:
+    if bad:
+        logger.warning("skipped bad line %s", bad)
+    return not bad
 
 
 def _records(files, text_field, skip_bad_lines, fields, stamps):

@@ -145,6 +145,8 @@ def run(objective: str, model_class, argv=None, **defaults):
     collate = {"mlm": partial(mlm_batch, mask_prob=data.mask_prob, whole_word=data.whole_word_masking),
                "clm": clm_batch, "unilm": unilm_batch}[objective]
 
+    first_batch = {}  # kept for the export check (a stream cannot be rewound to ask again)
+
     def batches(index: int, rank: int, world: int):
         picked = source.rows(index, rank, world)
         if not data.packing_mask:
@@ -152,6 +154,8 @@ def run(objective: str, model_class, argv=None, **defaults):
         gen = torch.Generator().manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)
         batch = collate(picked, tokenizer=tokenizer, generator=gen)
         batch.pop("truncated", None)
+        if not first_batch:
+            first_batch.update(batch)
         return batch
 
     def make_model():
@@ -171,7 +175,7 @@ def run(objective: str, model_class, argv=None, **defaults):
                            flops_per_token=partial(flops_per_token, seq_len=data.max_seq_length))
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step:
         return losses
-    probe = {k: v for k, v in batches(0, 0, 1).items() if k not in ("labels", "masked_logits_only")}
+    probe = {k: v for k, v in first_batch.items() if k not in ("labels", "masked_logits_only")}
     final = save_final(engine, args.output_dir, tokenizer, probe=probe)
     if rank == 0:
         head, tail = losses[:10], losses[-10:]
