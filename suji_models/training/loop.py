@@ -250,9 +250,10 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
         bar.update(1)
         losses.append((done_steps, loss_value))
         if evaluate is not None and eval_steps > 0 and (done_steps % eval_steps == 0 or done_steps == args.max_steps):
+            eval_started = time.time()
             best = _evaluate_and_keep_best(engine, evaluate, done_steps, output_dir, log, best, best_metric,
                                            greater_is_better, rank, save_files)
-            t0 = time.time()  # evaluation time does not count as training throughput
+            t0 += time.time() - eval_started  # evaluation time does not count as training throughput
         if done_steps == args.stop_at_step and done_steps < args.max_steps:
             save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank, save_files)
             if rank == 0:
