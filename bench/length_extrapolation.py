@@ -25,7 +25,7 @@ Accuracy = fraction of masked positions whose argmax equals the original token.
 Command:
     python bench/length_extrapolation.py [--steps N] [--size small|base] [--batch B] [--data PATH] [--out results.json]
 
-Measured with `python bench/length_extrapolation.py --steps 1200 --threads 1 --out /tmp/le_run/results.json`
+Measured with `python bench/length_extrapolation.py --steps 1200 --threads 1 --out results.json`
 (2-core CPU shared with other jobs; trainings 1192 s and 1117 s, wall time 2569 s in all): RoFormer MLM,
 4,718,253 parameters (4 layers, hidden 256, 4 heads, intermediate 1024, char vocab 5805), 1200 steps x batch 32
 x length 64 (2.46M training tokens, 0.39 epoch of inews/train); MLM accuracy (%) on the same 131,072 held-out
