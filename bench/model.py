@@ -1,15 +1,22 @@
 """Forward+backward speed and peak memory: Suji vs transformers, same config and same weights.
 
-    python bench/model.py                 # CPU, small model, fp32
+    python bench/model.py                 # CPU, small model (hidden 256 x 4 layers, vocab 21128), fp32
+    python bench/model.py --threads 1     # what bench/README.md reports (robust on a shared machine)
     python bench/model.py --size base     # BERT-base shapes (GPU: bf16)
 
 Each row is measured in a fresh subprocess (clean peak memory), on random token ids with padding-free
-batches; tokens/s counts every token (no padding). Ratios are against transformers' model of the same
-family measured in the same run. Rows:
-- BertForMaskedLM / RoFormerForMaskedLM (transformers, SDPA attention) — the references;
-- SujiForMaskedLM with the same weights (imported with from_pretrained);
+batches; tokens/s counts every token (no padding) and takes the fastest of `--iters` steps after `--warmup`
+(contention on a shared machine only ever adds time). Peak memory is over the timed steps: GPU
+`max_memory_allocated`, CPU peak RSS (VmHWM, reset before the timed steps). The parent saves one random
+transformers model per family and its Suji import; every row loads its own format, so no row pays for building or
+converting the other's model. Ratios are against transformers' model of the same family in the same run. Rows:
+- BertForMaskedLM (SDPA attention) / RoFormerForMaskedLM (eager: transformers has no SDPA path for it) — the
+  references;
+- SujiForMaskedLM with the same weights, LM head on every position (the like-for-like comparison);
 - Suji with the MLM head on the 15% masked positions only (what pretraining runs);
 - Suji's attention variants (RealFormer residual scores, entropy-invariant scale) to show their cost.
+
+Measured results and the profile of the remaining gap: bench/README.md.
 """
 
 from __future__ import annotations
@@ -17,16 +24,44 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
-import statistics
+import re
 import sys
 import tempfile
 import time
+from queue import Empty
 
 SIZES = {
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
+
+
+def _peak_rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+
+
+def _reset_peak_rss():
+    """Linux: restart the process's peak-RSS counter (VmHWM) at the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _save_reference(family: str, size: str, seq: int, directory: str):
+    """One random transformers model per family, saved once, and its Suji import saved natively (in
+    `directory/suji`): every row loads the same weights from its own format, so no process's peak includes
+    building or converting the other's model (an import from transformers retains ~120 MB of heap)."""
+    import torch
+    import transformers
+
+    import suji_models as S
+
+    torch.manual_seed(0)
+    shape = dict(SIZES[size], vocab_size=21128, max_position_embeddings=max(512, seq))
+    hf_config = (transformers.BertConfig if family == "bert" else transformers.RoFormerConfig)(**shape)
+    (transformers.BertForMaskedLM if family == "bert" else transformers.RoFormerForMaskedLM)(hf_config).save_pretrained(
+        directory)
+    S.SujiForMaskedLM.from_pretrained(directory).save_pretrained(f"{directory}/suji")
 
 
 def _measure(spec: dict, queue):
@@ -39,19 +74,14 @@ def _measure(spec: dict, queue):
     torch.set_num_threads(spec["threads"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    shape = dict(SIZES[spec["size"]], vocab_size=21128, max_position_embeddings=max(512, spec["seq"]))
-    family = spec["family"]
-    hf_config = (transformers.BertConfig if family == "bert" else transformers.RoFormerConfig)(**shape)
-    hf_model = (transformers.BertForMaskedLM if family == "bert" else transformers.RoFormerForMaskedLM)(hf_config)
+    # Both sides load the same saved weights the same way, so neither process's peak includes building the other.
     if spec["impl"] == "transformers":
-        model = hf_model
+        hf_class = transformers.BertForMaskedLM if spec["family"] == "bert" else transformers.RoFormerForMaskedLM
+        model = hf_class.from_pretrained(spec["weights"])
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            hf_model.save_pretrained(tmp)
-            model = S.SujiForMaskedLM.from_pretrained(tmp)
+        model = S.SujiForMaskedLM.from_pretrained(f"{spec['weights']}/suji")
         for flag in spec.get("variant", []):
             setattr(model.config, flag, True)
-        del hf_model
     model.to(device=device, dtype=dtype).train()
     params = [p for p in model.parameters() if p.requires_grad]
     batch, seq = spec["batch"], spec["seq"]
@@ -72,6 +102,8 @@ def _measure(spec: dict, queue):
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak_rss()  # peak over the timed steps only, as on GPU
     times = []
     for _ in range(spec["iters"]):
         t0 = time.perf_counter()
@@ -79,8 +111,8 @@ def _measure(spec: dict, queue):
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put({"tokens_per_s": batch * seq / statistics.median(times), "peak_mb": peak / 2**20, "device": device,
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_kb() * 1024
+    queue.put({"tokens_per_s": batch * seq / min(times), "peak_mb": peak / 2**20, "device": device,
                "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu"})
 
 
@@ -89,7 +121,13 @@ def measure(spec):
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(spec, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child that dies (import error, out of memory) must not leave us waiting forever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"measurement {spec} died with exit code {proc.exitcode}") from None
     proc.join()
     return result
 
@@ -102,35 +140,40 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--families", default="bert,roformer", help="comma-separated: bert, roformer")
     parser.add_argument("--json", help="write the rows here too")
     args = parser.parse_args(argv)
     rows = []
-    for seq in map(int, args.seqs.split(",")):
-        for family in ("bert", "roformer"):
-            base = dict(size=args.size, seq=seq, batch=args.batch, iters=args.iters, warmup=args.warmup,
-                        threads=args.threads, family=family)
-            runs = [("transformers", dict(impl="transformers")), ("suji", dict(impl="suji")),
-                    ("suji, masked-only head", dict(impl="suji", masked_only=True)),
-                    ("suji + RealFormer", dict(impl="suji", variant=["residual_attention"])),
-                    ("suji + entropy scale", dict(impl="suji", variant=["entropy_invariant_scale"]))]
-            reference = None
-            for name, spec in runs:
-                result = measure({**base, **spec})
-                reference = reference or result
-                rows.append({"seq": seq, "family": family, "model": name, **result,
-                             "speed_ratio": result["tokens_per_s"] / reference["tokens_per_s"],
-                             "memory_ratio": result["peak_mb"] / reference["peak_mb"]})
-                print(f"seq {seq:4d} {family:8s} {name:24s} {result['tokens_per_s']:10.0f} tok/s "
-                      f"x{rows[-1]['speed_ratio']:.2f}  peak {result['peak_mb']:8.0f} MB x{rows[-1]['memory_ratio']:.2f}",
-                      file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as weights_dir:
+        for seq in map(int, args.seqs.split(",")):
+            for family in args.families.split(","):
+                weights = f"{weights_dir}/{family}-{seq}"
+                _save_reference(family, args.size, seq, weights)
+                base = dict(size=args.size, seq=seq, batch=args.batch, iters=args.iters, warmup=args.warmup,
+                            threads=args.threads, family=family, weights=weights)
+                runs = [("transformers", dict(impl="transformers")), ("suji", dict(impl="suji")),
+                        ("suji, masked-only head", dict(impl="suji", masked_only=True)),
+                        ("suji + RealFormer", dict(impl="suji", variant=["residual_attention"])),
+                        ("suji + entropy scale", dict(impl="suji", variant=["entropy_invariant_scale"]))]
+                reference = None
+                for name, spec in runs:
+                    result = measure({**base, **spec})
+                    reference = reference or result
+                    rows.append({"seq": seq, "family": family, "model": name, **result,
+                                 "speed_ratio": result["tokens_per_s"] / reference["tokens_per_s"],
+                                 "memory_ratio": result["peak_mb"] / reference["peak_mb"]})
+                    print(f"seq {seq:4d} {family:8s} {name:24s} {result['tokens_per_s']:10.0f} tok/s "
+                          f"x{rows[-1]['speed_ratio']:.2f}  peak {result['peak_mb']:8.0f} MB "
+                          f"x{rows[-1]['memory_ratio']:.2f}", file=sys.stderr, flush=True)
     device = rows[0]["device_name"]
     print(f"\n{args.size} model, batch {args.batch}, {'bf16' if rows[0]['device'] == 'cuda' else 'fp32'} on {device}; "
           "ratios vs transformers in the same run (speed: higher is better; memory: peak "
           f"{'GPU allocated' if rows[0]['device'] == 'cuda' else 'process RSS'}, lower is better)\n")
-    print("| seq | family | model | tokens/s ratio | peak memory ratio |")
-    print("|---|---|---|---|---|")
+    print("| seq | family | model | tokens/s | tokens/s ratio | peak MB | peak memory ratio |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seq']} | {r['family']} | {r['model']} | {r['speed_ratio']:.2f}x | {r['memory_ratio']:.2f}x |")
+        print(f"| {r['seq']} | {r['family']} | {r['model']} | {r['tokens_per_s']:.0f} | {r['speed_ratio']:.2f}x "
+              f"| {r['peak_mb']:.0f} | {r['memory_ratio']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

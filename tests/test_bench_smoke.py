@@ -1,0 +1,82 @@
+"""Smoke test of the benchmark scripts: each runs end to end with the tiniest settings and prints its table with
+ratios against its reference row. Timings here mean nothing; the measured tables are in bench/README.md.
+
+The three scripts start together (each is mostly Python start-up and single-threaded), which keeps the whole
+module near 50 s on an idle 2-core machine."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO_ROOT, SHARED
+
+CLUE = SHARED / "data" / "corpus" / "clue_corpus_small" / "CLUECorpusSmall_sampled.txt"
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    corpus = tmp / "corpus.txt"  # a few documents keep data preparation short
+    corpus.write_text("\n".join(CLUE.read_text(encoding="utf-8").splitlines()[:40]) + "\n", encoding="utf-8")
+    commands = {
+        "model": ["model.py", "--seqs", 16, "--batch", 2, "--iters", 1, "--warmup", 0, "--threads", 1,
+                  "--families", "bert"],
+        "pretrain": ["pretrain.py", "--train_file", corpus, "--seq", 32, "--batch", 2, "--steps", 3,
+                     "--log_steps", 1, "--threads", 1, "--runs", "hf,suji"],
+        "memory": ["memory.py", "--size", "tiny", "--configs", "0,2", "--steps", 2, "--batch", 2, "--seq", 32],
+    }
+    procs = {}
+    for name, (script, *args) in commands.items():
+        with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
+            procs[name] = subprocess.Popen([sys.executable, f"bench/{script}", *map(str, args)], cwd=REPO_ROOT,
+                                           env={**os.environ, **ENV}, stdout=out, stderr=err)
+    results = {}
+    for name, proc in procs.items():
+        proc.wait(timeout=600)
+        stdout, stderr = (tmp / f"{name}.out").read_text(), (tmp / f"{name}.err").read_text()
+        results[name] = (proc.returncode, stdout, stderr)
+    return results
+
+
+def table(result):
+    """The markdown rows after the header separator, as lists of cells."""
+    code, stdout, stderr = result
+    assert code == 0, (stdout + stderr)[-4000:]
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|---"))
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 1:] if line.startswith("|")]
+
+
+def ratios(rows, column):
+    values = [row[column] for row in rows]
+    assert all(re.fullmatch(r"\d+\.\d\dx", v) for v in values), rows
+    return [float(v[:-1]) for v in values]
+
+
+def test_model_bench_prints_speed_and_memory_ratios(outputs):
+    rows = table(outputs["model"])
+    assert [r[2] for r in rows] == ["transformers", "suji", "suji, masked-only head", "suji + RealFormer",
+                                    "suji + entropy scale"]
+    assert ratios(rows, 4)[0] == 1.0 and ratios(rows, 6)[0] == 1.0
+    assert all(r > 0 for r in ratios(rows, 4) + ratios(rows, 6))
+
+
+def test_pretrain_bench_prints_throughput_ratio(outputs):
+    rows = table(outputs["pretrain"])
+    assert [r[0].split(" ")[0] for r in rows] == ["HF", "Suji"]
+    speed = ratios(rows, 2)
+    assert speed[0] == 1.0 and speed[1] > 0
+    padding = [float(r[3].rstrip("%")) for r in rows]
+    assert padding[1] < padding[0]  # packing leaves (almost) no padding
+
+
+def test_memory_bench_prints_ratio_per_zero_stage(outputs):
+    rows = table(outputs["memory"])
+    assert [r[0] for r in rows] == ["0", "2"]
+    assert all(float(mb) > 0 for r in rows for mb in r[1:3])
+    assert ratios(rows, 3)[0] == 1.0 and ratios(rows, 6)[0] == 1.0
