@@ -15,7 +15,7 @@ the training steps) on CPU, `torch.cuda.max_memory_allocated()` on GPU. The wrap
 Stage 0 is a JSON with `"zero_optimization": {"stage": 0}` written to a temp file; the others are
 `configs/deepspeed/zero{1,2,3}.json` and `zero2_offload.json`. Ratios are against ZeRO-0 in the same run.
 
-Measured: see bench/README.md.
+Measured tables: README.md, section Benchmarks.
 """
 
 from __future__ import annotations

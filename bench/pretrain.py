@@ -24,8 +24,7 @@ and saving excluded), after the first `--log_steps` steps. For `suji` it is the 
 `tokens/s` the loop prints per log window after the first; for the HF rows a TrainerCallback times the steps and
 the collator counts the tokens. MFU (GPU only) uses the loop's formula 6N + 12*L*s*d per token for every row.
 
-Measured 2026-11-22 on the 2-core CPU box (shared; see bench/README.md for the load), `python bench/pretrain.py`:
-see bench/README.md.
+Measured tables: README.md, section Benchmarks.
 """
 
 from __future__ import annotations

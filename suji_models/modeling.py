@@ -206,8 +206,8 @@ class SujiLMHead(nn.Module):
     def forward(self, x):
         if self.transform is not None:
             x = self.transform(x)
-        logits = self.decoder(x)
-        return logits + self.bias if self.bias is not None else logits
+        # bias inside the matmul (addmm): a separate add would re-read and re-write the [tokens, vocab] logits
+        return F.linear(x, self.decoder.weight, self.bias)
 
 
 def pick_tokens(hidden, how: str, input_ids=None, attention_mask=None, pad_token_id=None):

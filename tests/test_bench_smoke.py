@@ -1,5 +1,5 @@
 """Smoke test of the benchmark scripts: each runs end to end with the tiniest settings and prints its table with
-ratios against its reference row. Timings here mean nothing; the measured tables are in bench/README.md.
+ratios against its reference row. Timings here mean nothing; the measured tables are in README.md (Benchmarks).
 
 The three scripts start together (each is mostly Python start-up and single-threaded), which keeps the whole
 module near 50 s on an idle 2-core machine."""
