@@ -46,9 +46,9 @@ def test_invalid_utf8_names_file_and_line_or_is_counted(tmp_path):
 def test_jsonl_field_errors(tmp_path):
     f = tmp_path / "c.jsonl"
     f.write_text(json.dumps({"content": "你好"}, ensure_ascii=False) + "\n" + json.dumps({"title": "x"}) + "\n")
-    with pytest.raises(CorpusError, match="need --text_field"):
+    with pytest.raises(CorpusError, match="needs the name of its text field"):
         read_documents(f)
-    with pytest.raises(CorpusError, match=r"c.jsonl:2: JSON object has no field 'content'"):
+    with pytest.raises(CorpusError, match=r"c.jsonl:2 \(field 'content'\): field missing"):
         read_documents(f, "content")
     docs, report = read_documents(f, "content", skip_bad_lines=True)
     assert docs == ["你好"] and len(report.skipped) == 1
@@ -59,6 +59,16 @@ def test_overlong_line_is_refused(tmp_path):
     f.write_bytes(b"a" * 1_100_000 + b"\n")
     with pytest.raises(CorpusError, match="long.txt:1: line of 1100001 bytes"):
         read_documents(f)
+
+
+def test_tsv_and_the_tokenization_reader_agree(tmp_path):
+    """Pretraining reads corpora with tokenization's reader: same files, same texts, same errors."""
+    from tokenization import iter_texts
+
+    (tmp_path / "a.tsv").write_text("id\tcontent\n1\t  甲乙  \n2\t\n3\t丙\n", encoding="utf-8")
+    docs, report = read_documents(tmp_path, "content")
+    assert docs == ["甲乙", "丙"] and report.files == 1
+    assert [t.strip() for t in iter_texts(tmp_path, field="content")] == docs
 
 
 def test_directory_of_files(tmp_path):
@@ -160,7 +170,7 @@ def test_load_corpus_text_jsonl_saved_and_streaming(tmp_path):
 def test_load_corpus_reports_bad_lines_through_datasets(tmp_path, caplog):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"text": "好"}) + "\n" + json.dumps({"other": 1}) + "\n")
-    with pytest.raises(CorpusError, match=r"bad.jsonl:2: JSON object has no field 'text'"):
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2 \(field 'text'\): field missing"):
         load_corpus(f, "text")
     ds, report = load_corpus(f, "text", skip_bad_lines=True)
     assert len(ds) == 1 and len(report.skipped) == 1

@@ -85,7 +85,7 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
     path.write_text('{"text": "a"}\n{broken\n', encoding="utf-8")
     with pytest.raises(CorpusError, match=r"x\.jsonl:2: invalid JSON"):
         list(iter_texts(path, field="text"))
-    with pytest.raises(CorpusError, match="needs field="):
+    with pytest.raises(CorpusError, match="needs the name of its text field"):
         list(iter_texts(path))
 
 

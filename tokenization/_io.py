@@ -25,14 +25,16 @@ logger = logging.getLogger("tokenization")
 
 
 class CorpusError(ValueError):
-    """A corpus line that cannot be read. ``path``, ``line`` and ``field`` locate it."""
+    """A corpus problem. ``path``, ``line`` and ``field`` locate it; ``reason`` is its short name in
+    :attr:`ReadStats.skipped` (``invalid_utf8``, ``invalid_json``, ``missing_field``, ...)."""
 
-    def __init__(self, path, line: int | None, message: str, field: str | None = None):
-        self.path, self.line, self.field = str(path), line, field
+    def __init__(self, path, line: int | None = None, message: str = "", field: str | None = None,
+                 reason: str = "error"):
+        self.path, self.line, self.field, self.reason, self.message = str(path), line, field, reason, message
         where = f"{path}:{line}" if line is not None else str(path)
         if field is not None:
             where += f" (field {field!r})"
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message}" if message else where)
 
 
 @dataclass
@@ -45,6 +47,9 @@ class ReadStats:
     bytes: int = 0
     empty: int = 0
     skipped: collections.Counter = dc_field(default_factory=collections.Counter)
+
+
+MAX_LINE_BYTES = 1_000_000  # a "line" longer than this is almost surely not text (a binary or a dump)
 
 
 def list_corpus_files(sources) -> list[Path]:
@@ -66,8 +71,65 @@ def list_corpus_files(sources) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"corpus source not found: {path}")
+            raise CorpusError(path, None, "no such file or directory")
     return files
+
+
+def iter_records(
+    sources,
+    fields=None,
+    *,
+    errors: str = "strict",
+    stats: ReadStats | None = None,
+) -> Iterator[dict[str, str] | CorpusError]:
+    """Yield one ``{field: text}`` per non-blank line of a corpus (documents per line, as in CLUECorpus / UER).
+
+    - ``*.txt``: the line is the text, under ``fields[0]`` (default ``"text"``); one field only.
+    - ``*.jsonl`` / ``*.json``: one JSON object per line; ``fields`` names the keys to read.
+    - ``*.tsv``: the first line is a header; ``fields`` names the columns to read.
+
+    A bad line (invalid UTF-8, longer than MAX_LINE_BYTES, invalid JSON, a missing field, a value that
+    is not a string) is a :class:`CorpusError` naming file, line and field. ``errors="strict"`` raises
+    it; ``"skip"`` skips the line and counts it in ``stats.skipped`` by reason; ``"yield"`` yields the
+    error in the line's place, for callers that count skips themselves (a ``datasets`` generator
+    runs in worker processes, so it cannot share ``stats``). Lines whose fields are all blank are
+    skipped and counted in ``stats.empty``. A JSON null reads as an empty text.
+    """
+    if errors not in ("strict", "skip", "yield"):
+        raise ValueError(f"errors must be 'strict', 'skip' or 'yield', not {errors!r}")
+    stats = stats if stats is not None else ReadStats()
+    names = [fields] if isinstance(fields, str) else list(fields or [])
+    for path in list_corpus_files(sources):
+        stats.files += 1
+        suffix = path.suffix.lower()
+        if suffix in JSONL_SUFFIXES or suffix in TSV_SUFFIXES:
+            if not names:
+                raise CorpusError(path, None, "JSONL/TSV input needs the name of its text field "
+                                              "(field= / --text_field)")
+            reader = _jsonl_values if suffix in JSONL_SUFFIXES else _tsv_values()
+        else:
+            if len(names) > 1:
+                raise CorpusError(path, None, f"fields {names} need JSONL or TSV input; a text line is one text")
+            reader = _txt_values
+        keys = names or ["text"]
+        for lineno, raw in _numbered_lines(path, stats):
+            try:
+                values = reader(path, lineno, raw, keys)
+            except CorpusError as error:
+                if errors == "strict" or error.reason == "missing_column":  # a bad header spoils the whole file
+                    raise
+                if errors == "yield":
+                    yield error
+                else:
+                    stats.skipped[error.reason] += 1
+                continue
+            if values is None:  # a TSV header
+                continue
+            if not any(v.strip() for v in values):
+                stats.empty += 1
+                continue
+            stats.texts += 1
+            yield dict(zip(keys, values))
 
 
 def iter_texts(
@@ -78,116 +140,87 @@ def iter_texts(
     stats: ReadStats | None = None,
     max_texts: int | None = None,
 ) -> Iterator[str]:
-    """Yield the texts of a corpus, one per line (documents per line, as in CLUECorpus / UER).
-
-    - ``*.txt``: each non-blank line is a text.
-    - ``*.jsonl`` / ``*.json``: one JSON object per line; ``field`` names the text key.
-    - ``*.tsv``: the first line is a header; ``field`` names the text column.
-
-    ``errors="strict"`` raises :class:`CorpusError` naming file, line and field for invalid UTF-8,
-    invalid JSON, a missing field or a non-string value; ``errors="skip"`` skips such lines and
-    counts them in ``stats.skipped`` by reason. Blank lines are skipped silently (``stats.empty``).
-    """
+    """The texts of a corpus, one per non-blank line: :func:`iter_records` with one ``field``."""
     if errors not in ("strict", "skip"):
         raise ValueError(f"errors must be 'strict' or 'skip', not {errors!r}")
-    stats = stats if stats is not None else ReadStats()
-    produced = 0
-    for path in list_corpus_files(sources):
-        stats.files += 1
-        suffix = path.suffix.lower()
-        if suffix in JSONL_SUFFIXES or suffix in TSV_SUFFIXES:
-            if field is None:
-                raise CorpusError(path, None, "JSONL/TSV input needs field=<name of the text field>")
-        reader = _iter_jsonl if suffix in JSONL_SUFFIXES else _iter_tsv if suffix in TSV_SUFFIXES else _iter_txt
-        for text in reader(path, field, errors, stats):
-            if not text.strip():
-                stats.empty += 1
-                continue
-            stats.texts += 1
-            yield text
-            produced += 1
-            if max_texts is not None and produced >= max_texts:
-                return
+    for produced, record in enumerate(iter_records(sources, field, errors=errors, stats=stats), 1):
+        yield next(iter(record.values()))
+        if max_texts is not None and produced >= max_texts:
+            return
 
 
-def _iter_lines(path: Path, errors: str, stats: ReadStats) -> Iterator[tuple[int, str]]:
-    """Decode a file line by line in binary mode.
-
-    Binary splitting on b"\\n" only: text mode would also split on U+2028, U+0085 and friends that
-    real web text contains inside a document. A UTF-8 BOM at the start of the file is dropped.
-    """
+def _numbered_lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
+    """Raw lines split on b"\n" only: text mode would also split on U+2028, U+0085 and friends that
+    real web text contains inside a document. A UTF-8 BOM at the start of the file is dropped."""
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             stats.lines += 1
             stats.bytes += len(raw)
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                if errors == "skip":
-                    stats.skipped["invalid_utf8"] += 1
-                    continue
-                raise CorpusError(
-                    path, lineno, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset {exc.start} of the line)"
-                ) from None
-            yield lineno, line.rstrip("\r\n")
+            yield lineno, raw
 
 
-def _iter_txt(path, field, errors, stats):
-    for _, line in _iter_lines(path, errors, stats):
-        yield line
+def _decode(path, lineno: int, raw: bytes) -> str:
+    if len(raw) > MAX_LINE_BYTES:
+        raise CorpusError(path, lineno, f"line of {len(raw)} bytes is longer than {MAX_LINE_BYTES}",
+                          reason="line_too_long")
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(path, lineno, f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
+                                        "of the line)", reason="invalid_utf8") from None
 
 
-def _iter_jsonl(path, field, errors, stats):
-    for lineno, line in _iter_lines(path, errors, stats):
-        if not line.strip():
-            yield ""
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if errors == "skip":
-                stats.skipped["invalid_json"] += 1
-                continue
-            raise CorpusError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-        value = _field_value(path, lineno, record, field, errors, stats)
-        if value is not None:
-            yield value
+def _txt_values(path, lineno, raw, keys):
+    return [_decode(path, lineno, raw)]
 
 
-def _iter_tsv(path, field, errors, stats):
-    column = None
-    for lineno, line in _iter_lines(path, errors, stats):
-        cells = line.split("\t")
-        if column is None:
-            if field not in cells:
-                raise CorpusError(path, lineno, f"header has no column {field!r} (columns: {cells})", field)
-            column = cells.index(field)
-            continue
-        if column >= len(cells):
-            if errors == "skip":
-                stats.skipped["missing_field"] += 1
-                continue
-            raise CorpusError(path, lineno, f"row has {len(cells)} columns, no column {column + 1}", field)
-        yield cells[column]
+def _jsonl_values(path, lineno, raw, keys):
+    line = _decode(path, lineno, raw)
+    if not line.strip():
+        return [""] * len(keys)
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})",
+                          reason="invalid_json") from None
+    return [_field_value(path, lineno, record, key) for key in keys]
 
 
-def _field_value(path, lineno, record, field, errors, stats):
-    if not isinstance(record, dict) or field not in record:
-        if errors == "skip":
-            stats.skipped["missing_field"] += 1
+def _tsv_values():
+    """A reader with the file's column indices, found in its header line."""
+    columns = None
+
+    def read(path, lineno, raw, keys):
+        nonlocal columns
+        cells = _decode(path, lineno, raw).split("\t")
+        if columns is None:
+            missing = [k for k in keys if k not in cells]
+            if missing:
+                raise CorpusError(path, lineno, f"header has no column {missing[0]!r} (columns: {cells})", missing[0],
+                                  reason="missing_column")
+            columns = [cells.index(k) for k in keys]
             return None
+        for key, column in zip(keys, columns):
+            if column >= len(cells):
+                raise CorpusError(path, lineno, f"row has {len(cells)} columns, no column {column + 1}", key,
+                                  reason="missing_field")
+        return [cells[c] for c in columns]
+
+    return read
+
+
+def _field_value(path, lineno, record, field):
+    if not isinstance(record, dict) or field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise CorpusError(path, lineno, f"field missing (record has {keys})", field)
+        raise CorpusError(path, lineno, f"field missing (record has {keys})", field, reason="missing_field")
     value = record[field]
     if value is None:
         return ""
     if not isinstance(value, str):
-        if errors == "skip":
-            stats.skipped["not_a_string"] += 1
-            return None
-        raise CorpusError(path, lineno, f"value is {type(value).__name__}, not a string", field)
+        raise CorpusError(path, lineno, f"value is {type(value).__name__}, not a string", field,
+                          reason="not_a_string")
     return value
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .corpus import CorpusError, ReadReport, corpus_files, iter_records
+from tokenization._io import list_corpus_files
+
+from .corpus import CorpusError, ReadReport, iter_records
 from .masking import mask_for_mlm
 
 logger = logging.getLogger(__name__)
@@ -50,16 +52,16 @@ def load_corpus(paths, text_field=None, *, fields=None, skip_bad_lines=False, st
         wanted = fields or [text_field or "text"]
         missing = [c for c in wanted if c not in ds.column_names]
         if missing:
-            raise CorpusError(f"{paths[0]}: saved dataset has no column(s) {missing}; columns: {ds.column_names}")
+            raise CorpusError(paths[0], None, f"saved dataset has no column(s) {missing}; columns: {ds.column_names}")
         if not fields and wanted[0] != "text":
             ds = ds.rename_column(wanted[0], "text")
         ds = ds.select_columns(columns)
         report.files, report.documents = 1, len(ds)
         if not len(ds):
-            raise CorpusError(f"corpus {paths[0]} is empty")
+            raise CorpusError(paths[0], None, "corpus is empty")
         return (ds.to_iterable_dataset() if streaming else ds), report
 
-    files = corpus_files(paths)
+    files = list_corpus_files(paths)
     report.files = len(files)
     stamps = [f"{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]  # invalidates the cache on change
     # Lists in gen_kwargs are split across workers by datasets: only files (and their stamps) are.
@@ -79,7 +81,7 @@ def load_corpus(paths, text_field=None, *, fields=None, skip_bad_lines=False, st
     ds = ds.filter(lambda b: not b, input_columns="bad").remove_columns("bad")
     report.documents = len(ds)
     if not len(ds):
-        raise CorpusError(f"corpus {', '.join(map(str, paths))} is empty")
+        raise CorpusError(", ".join(map(str, paths)), None, "corpus is empty")
     return ds, report
 
 
@@ -214,7 +216,7 @@ class StreamRows:
             except StopIteration:  # a new epoch over this rank's shard
                 self._iter = iter(self._shard)
                 if not out and self._empty():
-                    raise CorpusError("streaming corpus yielded no rows for this rank") from None
+                    raise CorpusError("streaming corpus", None, "no rows for this rank") from None
         return out
 
     def _empty(self):
