@@ -1,19 +1,24 @@
-"""Peak memory per process of `pretrain/run_mlm.py` under ZeRO 0/1/2/3 and ZeRO-2 offload, same model, one run.
+"""Memory per process of `pretrain/run_mlm.py` under ZeRO 0/1/2/3 and ZeRO-2 offload, same model, one run.
 
-    python bench/memory.py                   # CPU: 2 gloo processes, hidden 512 x 8 layers, vocab 21128, 3 steps
-    python bench/memory.py --size base       # BERT-base shape (GPU: one process per GPU, --procs)
+    python bench/memory.py --size base       # BERT-base shape, what README.md reports (CPU: about 3 minutes)
+    python bench/memory.py                   # smaller: hidden 512 x 8 layers
     python bench/memory.py --configs 0,2     # a subset: 0 1 2 3 2-offload
+    python bench/memory.py --size base --procs 8   # GPU: one process per GPU
 
 Every configuration trains the same randomly initialized model (saved once, loaded with `--model`; vocab padded to
 bert-base-chinese's 21128 so the embedding/LM-head matrix weighs what it weighs in practice) on the embedded
-corpus for a few steps with 2 processes. The ranks are started the way the `deepspeed`/`torchrun` launchers start
-them (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, OMP_NUM_THREADS=1 on CPU), each inside a tiny
-wrapper (WRAPPER below) that runs the script with `runpy` and reports that process's own peak when training ends:
-`ru_maxrss` (peak resident memory since the process started: imports, data, model build, DeepSpeed buffers and
-the training steps) on CPU, `torch.cuda.max_memory_allocated()` on GPU. The wrapper replaces the final save
-(consolidation, export check, export) with that report: it is not training memory, and it dominated the time.
-Stage 0 is a JSON with `"zero_optimization": {"stage": 0}` written to a temp file; the others are
-`configs/deepspeed/zero{1,2,3}.json` and `zero2_offload.json`. Ratios are against ZeRO-0 in the same run.
+corpus for a few steps with `--procs` processes. The ranks are started the way the `deepspeed`/`torchrun`
+launchers start them (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, OMP_NUM_THREADS=1 on CPU),
+each inside a tiny wrapper (WRAPPER below) that runs the script with `runpy` and reports three numbers:
+- held: bytes of every tensor storage reachable from Python right after backward (weights, gradients, optimizer
+  states, ZeRO's flat buffers, partitions and buckets), each storage once: what ZeRO is designed to divide;
+- peak: the process's peak memory (CPU: peak RSS, VmHWM; GPU: `torch.cuda.max_memory_allocated()`), which
+  adds the interpreter and libraries, activations, and every transient buffer;
+- setup: the same peak up to the first batch (imports, data, model build, `deepspeed.initialize`).
+The wrapper replaces the final save (consolidation, export check, export) with the report: it is not training
+memory, and it dominated the time. Stage 0 is a JSON with `"zero_optimization": {"stage": 0}` written to a temp
+file; the others are `configs/deepspeed/zero{1,2,3}.json` and `zero2_offload.json`. Ratios are against ZeRO-0
+in the same run.
 
 Measured tables: README.md, section Benchmarks.
 """
@@ -47,7 +52,8 @@ STAGE0 = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps
 # first batch: imports, data, model build, deepspeed.initialize) and over the training steps (peak counter reset
 # at the first batch), when training ends.
 WRAPPER = r"""
-import json, os, re, runpy, sys
+import gc, json, os, re, runpy, sys, warnings
+import deepspeed
 import torch
 import suji_models.training.pretrain as pretrain
 
@@ -66,6 +72,30 @@ def reset_peak():
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
+
+# Bytes of every tensor storage Python can reach (parameters, their .grad, optimizer states, DeepSpeed's flat
+# buffers and partitions), each storage once. Unlike peak RSS it counts what is held, not what the allocator
+# has touched, so it shows what ZeRO partitions on CPU too.
+def live_tensor_mb():
+    gc.collect()
+    storages = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if not isinstance(obj, torch.Tensor):
+                continue
+            for tensor in (obj, obj.grad if obj.is_leaf else None):
+                if tensor is not None and tensor.device.type != "meta":
+                    storage = tensor.untyped_storage()
+                    storages[(tensor.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values()) / 2**20
+
+backward = deepspeed.DeepSpeedEngine.backward
+def backward_counting(self, *args, **kwargs):  # after backward: gradients and (from step 2) optimizer states live
+    out = backward(self, *args, **kwargs)
+    marks["held_mb"] = max(marks.get("held_mb", 0), live_tensor_mb())
+    return out
+deepspeed.DeepSpeedEngine.backward = backward_counting
 
 train = pretrain.train
 def train_marking_setup(model_fn, batches, args, **kwargs):
@@ -142,8 +172,9 @@ def run_config(name: str, args, work: Path, cuda: bool) -> dict:
     if any(p.returncode for p in procs) or len(peaks) != args.procs:
         raise SystemExit(f"ZeRO {name} failed (exit codes {[p.returncode for p in procs]}):\n"
                          + "\n".join(log[-3000:] for log in logs))
-    return {"config": name, "setup_mb": [p["setup_mb"] for p in peaks], "steps_mb": [p["steps_mb"] for p in peaks],
-            "peaks_mb": [max(p["setup_mb"], p["steps_mb"]) for p in peaks], "wall_s": time.time() - started}
+    return {"config": name, "held_mb": [p["held_mb"] for p in peaks], "setup_mb": [p["setup_mb"] for p in peaks],
+            "steps_mb": [p["steps_mb"] for p in peaks], "peaks_mb": [max(p["setup_mb"], p["steps_mb"]) for p in peaks],
+            "wall_s": time.time() - started}
 
 
 def main(argv=None):
@@ -174,7 +205,8 @@ def main(argv=None):
         params = prepare(args.size, args.vocab_size, work)
         for name in names:
             rows.append(run_config(name, args, work, cuda))
-            print(f"ZeRO {name:10s} setup {' '.join(f'{m:6.0f}' for m in rows[-1]['setup_mb'])} MB, steps "
+            print(f"ZeRO {name:10s} held {' '.join(f'{m:6.0f}' for m in rows[-1]['held_mb'])} MB, "
+                  f"setup {' '.join(f'{m:6.0f}' for m in rows[-1]['setup_mb'])} MB, steps "
                   f"{' '.join(f'{m:6.0f}' for m in rows[-1]['steps_mb'])} MB "
                   f"({rows[-1]['wall_s']:.0f}s)", file=sys.stderr, flush=True)
     finally:
@@ -185,17 +217,16 @@ def main(argv=None):
     print(f"\n{args.size} model ({SIZES[args.size]['hidden_size']} hidden x {SIZES[args.size]['num_hidden_layers']} "
           f"layers, vocab {args.vocab_size}, {params / 1e6:.1f}M parameters: {params * 4 / 2**20:.0f} MB fp32 weights, "
           f"Adam states 2x that), {args.procs} processes, batch {args.batch} x seq {args.seq}, {args.steps} steps, "
-          f"{'bf16 on ' + torch.cuda.get_device_name() if cuda else 'fp32 on CPU (gloo)'}; {what} per process. "
-          "peak: over the whole process; setup: until the first batch (imports, data, model build, "
-          "deepspeed.initialize); steps: over the training steps only. Max over ranks; ratios vs "
-          f"`ZeRO {reference['config']}` in the same run\n")
-    ranks = " | ".join(f"rank {r} peak MB" for r in range(args.procs))
-    print(f"| ZeRO | {ranks} | peak ratio | setup MB | steps MB | steps ratio |")
-    print("|---|" + "---|" * args.procs + "---|---|---|---|")
+          f"{'bf16 on ' + torch.cuda.get_device_name() if cuda else 'fp32 on CPU (gloo)'}. Per process, max over "
+          "ranks: held = tensor storages reachable after backward (weights, gradients, optimizer states, ZeRO "
+          f"buffers); peak = {what} over the whole process; setup = the same until the first batch (imports, "
+          f"data, model build, deepspeed.initialize). Ratios vs `ZeRO {reference['config']}` in the same run\n")
+    print("| ZeRO | held MB | held ratio | peak MB | peak ratio | setup MB |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | " + " | ".join(f"{m:.0f}" for m in r["peaks_mb"])
-              + f" | {max(r['peaks_mb']) / max(reference['peaks_mb']):.2f}x | {max(r['setup_mb']):.0f} "
-              f"| {max(r['steps_mb']):.0f} | {max(r['steps_mb']) / max(reference['steps_mb']):.2f}x |")
+        print(f"| {r['config']} | {max(r['held_mb']):.0f} | {max(r['held_mb']) / max(reference['held_mb']):.2f}x "
+              f"| {max(r['peaks_mb']):.0f} | {max(r['peaks_mb']) / max(reference['peaks_mb']):.2f}x "
+              f"| {max(r['setup_mb']):.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
