@@ -18,6 +18,8 @@ both sides. Every row is a fresh subprocess.
 - `hf+suji-masked-head`: the same, with the LM head on masked positions only (`masked_logits_only`).
 - `suji`: `pretrain/run_mlm.py` as a user runs it: packed rows, per-document attention, masked-only head.
 - `suji-no-docmask`: `run_mlm.py --packing_mask false` (rows still packed; attention crosses documents).
+- `suji-foreach-adamw`: `run_mlm.py --fused_adamw false` (the multi-tensor AdamW instead of the fused kernel that
+  both `run_mlm.py` and the Trainer use by default).
 
 Throughput = non-pad tokens trained on per second of training steps (batch building included, data preparation
 and saving excluded), after the first `--log_steps` steps. For `suji` it is the time-weighted mean of the
@@ -57,6 +59,7 @@ RUNS = {
     "hf+suji-masked-head": "HF Trainer + SujiForMaskedLM, masked-only head",
     "suji": "Suji run_mlm.py (packing, doc mask, masked-only head)",
     "suji-no-docmask": "Suji run_mlm.py --packing_mask false",
+    "suji-foreach-adamw": "Suji run_mlm.py --fused_adamw false",
 }
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"}
@@ -173,6 +176,8 @@ def run_suji(name, args, work: Path, env):
                "--output_dir", str(work / name)]
     if name == "suji-no-docmask":
         command += ["--packing_mask", "false"]
+    if name == "suji-foreach-adamw":
+        command += ["--fused_adamw", "false"]
     env = {**env, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port())}
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,7 +16,7 @@ from suji_models.training.data import (
     mlm_batch,
     pack_segments,
 )
-from suji_models.training.loop import TrainArgs, deepspeed_config
+from suji_models.training.loop import TrainArgs, build_optimizer, deepspeed_config
 from suji_models.training.masking import mask_for_mlm
 
 from .conftest import REPO_ROOT
@@ -221,3 +221,27 @@ def test_deepspeed_config_contradiction_is_reported(tmp_path):
     filled = deepspeed_config(TrainArgs(deepspeed_config=str(cfg), per_device_batch_size=8,
                                         gradient_accumulation_steps=2), world_size=2)
     assert filled["train_batch_size"] == 32 and filled["bf16"]["enabled"] is False
+
+
+def test_fused_adamw_by_default_and_same_update_as_foreach():
+    import suji_models as S
+
+    torch.manual_seed(0)
+    model = S.SujiForMaskedLM(S.SujiConfig.from_preset("bert-tiny"))
+    fused = build_optimizer(model, TrainArgs())
+    assert fused.defaults["fused"] and not fused.defaults["foreach"]
+    twin = S.SujiForMaskedLM(model.config)
+    twin.load_state_dict(model.state_dict())
+    foreach = build_optimizer(twin, TrainArgs(fused_adamw=False))
+    assert foreach.defaults["foreach"] and not foreach.defaults["fused"]
+    for step in range(3):
+        for m in (model, twin):
+            torch.manual_seed(step)
+            for p in m.parameters():
+                p.grad = torch.randn_like(p)
+        fused.step()
+        foreach.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    no_decay = {id(p) for p in fused.param_groups[1]["params"]}
+    assert all(id(p) in no_decay for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n)
