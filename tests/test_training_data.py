@@ -158,6 +158,9 @@ def test_load_corpus_text_jsonl_saved_and_streaming(tmp_path):
     assert ds["text"][:2] == ["第0篇新闻", "第1篇新闻"] and report.documents == 20
     pairs, _ = load_corpus(tmp_path / "a.jsonl", fields=["content", "title"])
     assert pairs[3] == {"content": "第3篇新闻", "title": "标题3"}
+    (tmp_path / "b.tsv").write_text("title\tcontent\n标题0\t第0篇\n标题1\t第1篇\n", encoding="utf-8")
+    tsv, _ = load_corpus(tmp_path / "b.tsv", fields=["content", "title"])
+    assert tsv[1] == {"content": "第1篇", "title": "标题1"}
     datasets.Dataset.from_dict({"body": ["甲乙丙", "丁戊"]}).save_to_disk(tmp_path / "saved")
     saved, _ = load_corpus(tmp_path / "saved", "body")
     assert saved["text"] == ["甲乙丙", "丁戊"]
