@@ -70,7 +70,6 @@ import torch
 import torch.distributed as dist
 
 from suji_models import SujiConfig
-from suji_models.tasks import parse_args
 from suji_models.tasks.ner import (
     HEADS,
     SujiForNer,
@@ -91,6 +90,7 @@ from suji_models.tasks.ner import (
 )
 from suji_models.training.data import RowSource
 from suji_models.training.loop import TrainArgs, deepspeed_config, init_distributed, train
+from suji_models.training.options import parse_args
 
 # Development data of this workplace (not part of the repository): ../shared/data/ner
 SHARED_NER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ner"

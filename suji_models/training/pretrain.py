@@ -6,18 +6,15 @@ line. Data is prepared once (rank 0 first, the other ranks then hit the `dataset
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from . import options
 from .data import (
     RowSource,
     StreamRows,
@@ -52,36 +49,8 @@ class DataArgs:
 
 
 def parse_args(argv=None, **overrides):
-    """Dataclass defaults <- `overrides` (a script's defaults) <- JSON --config <- command line."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    defaults = {f.name: f.default for cls in (DataArgs, TrainArgs) for f in dataclasses.fields(cls)}
-    defaults.update(overrides)
-    if known.config:
-        recipe = json.loads(Path(known.config).read_text(encoding="utf-8"))
-        unknown = sorted(set(recipe) - set(defaults))
-        if unknown:
-            raise SystemExit(f"{known.config}: unknown keys {unknown}")
-        defaults.update(recipe)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", help="JSON file of defaults for the options below")
-    parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
-    types = {f.name: f.type for cls in (DataArgs, TrainArgs) for f in dataclasses.fields(cls)}
-    for key, value in defaults.items():
-        kind = str(types.get(key, "str"))
-        if "bool" in kind:
-            parser.add_argument(f"--{key}", type=lambda s: s.lower() in ("1", "true", "yes"), default=value)
-        elif "int" in kind and "None" not in kind:
-            parser.add_argument(f"--{key}", type=int, default=value)
-        elif "float" in kind:
-            parser.add_argument(f"--{key}", type=float, default=value)
-        else:
-            parser.add_argument(f"--{key}", default=value)
-    args = parser.parse_args(argv)
-    data = DataArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArgs)})
-    train_args = TrainArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainArgs)})
-    return data, train_args
+    """(DataArgs, TrainArgs) from dataclass defaults <- `overrides` (a script's defaults) <- JSON --config <- command line."""
+    return options.parse_args((DataArgs, TrainArgs), argv, **overrides)
 
 
 @contextlib.contextmanager
