@@ -75,6 +75,7 @@ from suji_models.tasks.ner import (
     SujiForNer,
     collate,
     encode_examples,
+    encode_windows,
     encoder_config,
     entity_counts,
     entity_scores,
@@ -117,7 +118,8 @@ class NerArgs:
     model_overrides: str = ""  # JSON, e.g. '{"hidden_size": 256, "num_hidden_layers": 4}'
     tokenizer: str = ""  # default: the --model folder
     max_seq_length: int = 128  # training (longer sentences are truncated; their cut-off entities counted)
-    eval_max_length: int = 512
+    eval_max_length: int = 512  # longer texts are read in overlapping windows of this many tokens
+    eval_overlap: int | None = None  # tokens shared by neighbouring windows (default: a quarter of a window)
     epochs: float = 10.0  # used when --max_steps is 0
     eval_steps: int = 0  # 0: once per epoch (and after the last step)
     eval_batch_size: int = 64
@@ -191,7 +193,9 @@ def main(argv=None):
         config = encoder_config(ner.model)
     max_eval = eval_length(ner, config)
     encoded, report = encode_examples(tokenizer, train_examples, types, ner.max_seq_length)
-    dev_encoded, dev_report = encode_examples(tokenizer, dev_examples, types, max_eval)
+    _, dev_report = encode_examples(tokenizer, dev_examples, types, 10**9)  # alignment only: dev is read in windows
+    mine = list(range(rank, len(dev_examples), world))  # each rank tags a slice; counts are summed
+    dev_windows = encode_windows(tokenizer, [dev_examples[i].text for i in mine], max_eval, ner.eval_overlap)
     say(f"data: {len(train_examples)} train / {len(dev_examples)} dev sentences ({split}); types {types}")
     say(f"train: {report.summary()}")
     say(f"dev:   {dev_report.summary()} (the dev metric counts these as missed)")
@@ -214,11 +218,10 @@ def main(argv=None):
     history = []
 
     def evaluate(engine, step):
-        mine = list(range(rank, len(dev_encoded), world))  # each rank tags a slice; counts are summed
         started = time.time()
-        predictions = predict_encoded(lambda batch: engine(**batch).logits, engine.module,
-                                      [dev_encoded[i] for i in mine], tokenizer.pad_token_id, ner.eval_batch_size,
-                                      engine.device)
+        predictions = dev_windows.merge(predict_encoded(lambda batch: engine(**batch).logits, engine.module,
+                                                        dev_windows.examples, tokenizer.pad_token_id,
+                                                        ner.eval_batch_size, engine.device))
         counts = entity_counts([dev_examples[i].entities for i in mine], predictions)
         totals = torch.tensor([counts["", "tp"], counts["", "gold"], counts["", "pred"]], dtype=torch.long)
         dist.all_reduce(totals)
@@ -263,7 +266,8 @@ def evaluate_and_predict(ner, model, tokenizer, dev_examples, rank, output_dir: 
     results = dict(extra or {})
     results.update({"head": model.config.ner_head, "types": model.types})
     if dev_examples:
-        predictions = predict(model, tokenizer, [ex.text for ex in dev_examples], max_length, ner.eval_batch_size)
+        predictions = predict(model, tokenizer, [ex.text for ex in dev_examples], max_length, ner.eval_batch_size,
+                              overlap=ner.eval_overlap)
         scores = entity_scores([ex.entities for ex in dev_examples], predictions)
         results["dev"] = scores
         for kind, s in scores["per_type"].items():
@@ -274,7 +278,8 @@ def evaluate_and_predict(ner, model, tokenizer, dev_examples, rank, output_dir: 
     if ner.predict:
         texts = read_texts(ner.predict)
         out = write_predictions(ner.predict_output or output_dir / "predictions.jsonl", texts,
-                                predict(model, tokenizer, texts, max_length, ner.eval_batch_size))
+                                predict(model, tokenizer, texts, max_length, ner.eval_batch_size,
+                                        overlap=ner.eval_overlap))
         results["predictions"] = str(out)
         print(f"predictions: {out} ({len(texts)} texts)", flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)

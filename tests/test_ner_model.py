@@ -139,3 +139,47 @@ def test_global_pointer_head_is_the_layer(tokenizer):
     assert isinstance(model.classifier, GlobalPointer) and model.classifier.num_types == 3
     with pytest.raises(ValueError, match="ner_head"):
         SujiForNer(S.SujiConfig.from_preset("roformer-tiny"))
+
+
+class SpotBeijing(torch.nn.Module):
+    """A stand-in model whose answer does not depend on context: every 北京 is a LOC. It records the
+    length of every row it is shown."""
+
+    types = ["LOC"]
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # predict() reads the device from the parameters
+        self.bei, self.jing = tokenizer.convert_tokens_to_ids(["北", "京"])
+        self.lengths = []
+
+    def forward(self, input_ids, label_mask, **batch):
+        self.lengths += [int(n) for n in batch["attention_mask"].sum(-1)]
+        return type("Output", (), {"logits": input_ids * label_mask})
+
+    def decode(self, logits, label_mask):
+        return [[(i, i + 1, 0) for i in range(len(row) - 1) if (row[i], row[i + 1]) == (self.bei, self.jing)]
+                for row in logits.tolist()]
+
+
+@pytest.mark.parametrize("max_length, overlap", [(32, None), (32, 2), (20, 17), (4, 1)])
+def test_long_texts_are_read_in_overlapping_windows(tokenizer, max_length, overlap):
+    texts = ["今天我们在北京开会" * 40, "北京", "", "上海和北京" * 7]
+    model = SpotBeijing(tokenizer)
+    got = predict(model, tokenizer, texts, max_length=max_length, overlap=overlap, batch_size=8)
+    expected = [[(i, i + 2, "LOC") for i in range(len(t) - 1) if t[i:i + 2] == "北京"] for t in texts]
+    assert got == expected  # every entity once, at its place in the whole text
+    assert max(model.lengths) <= max_length and len(model.lengths) > len(texts)
+    assert predict(SpotBeijing(tokenizer), tokenizer, texts, max_length=512) == expected  # one window each
+
+
+def test_without_overlap_an_entity_across_a_window_edge_is_lost_not_misplaced(tokenizer):
+    text = "今天我们在北京开会" * 40
+    got = predict(SpotBeijing(tokenizer), tokenizer, [text], max_length=32, overlap=0)[0]
+    expected = [(i, i + 2, "LOC") for i in range(len(text) - 1) if text[i:i + 2] == "北京"]
+    assert set(got) < set(expected) and len(got) >= len(expected) - len(text) // 30
+
+
+def test_window_settings_that_leave_no_room_are_refused(tokenizer):
+    with pytest.raises(ValueError, match="overlap must be in"):
+        predict(SpotBeijing(tokenizer), tokenizer, ["北京"], max_length=10, overlap=8)

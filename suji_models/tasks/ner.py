@@ -516,15 +516,73 @@ def set_ner_config(config: SujiConfig, head: str, types, head_size: int = 64, cr
 # ---- prediction and the metric -------------------------------------------------------------------
 
 
-def predict(model, tokenizer, texts, max_length: int = 512, batch_size: int = 32, device=None) -> list[list[Span]]:
+def predict(model, tokenizer, texts, max_length: int = 512, batch_size: int = 32, device=None,
+            overlap: int | None = None) -> list[list[Span]]:
     """Entities of each text as character spans (start, end exclusive, type); nested output is
-    possible with the GlobalPointer heads. Texts longer than `max_length` tokens are tagged on
-    their first `max_length` tokens."""
-    model_device = device or next(model.parameters()).device
-    types = model.types
-    encoded, _ = encode_examples(tokenizer, [NerExample(t) for t in texts], types, max_length)
-    return predict_encoded(lambda batch: model(**batch).logits, model, encoded, tokenizer.pad_token_id,
-                           batch_size, model_device)
+    possible with the GlobalPointer heads. Texts longer than `max_length` tokens are read in
+    overlapping windows (see :func:`encode_windows`)."""
+    windows = encode_windows(tokenizer, texts, max_length, overlap)
+    found = predict_encoded(lambda batch: model(**batch).logits, model, windows.examples, tokenizer.pad_token_id,
+                            batch_size, device or next(model.parameters()).device)
+    return windows.merge(found)
+
+
+@dataclass
+class Windows:
+    """Texts cut into model-sized windows: `examples` to run, and per window the text it belongs to
+    and the character range [start, end) it answers for."""
+
+    examples: list[EncodedExample]
+    shares: list[tuple[int, float, float]]
+    texts: int
+
+    def merge(self, found) -> list[list[Span]]:
+        """Per text, the spans of its windows (`found`, in window order), each from the window whose share holds
+        its first character."""
+        out: list[set] = [set() for _ in range(self.texts)]
+        for (n, lo, hi), spans in zip(self.shares, found, strict=True):
+            out[n].update(span for span in spans if lo <= span[0] < hi)
+        return [sorted(spans) for spans in out]
+
+
+def encode_windows(tokenizer, texts, max_length: int, overlap: int | None = None) -> Windows:
+    """Cut each text into windows of at most `max_length` tokens (special tokens included) that
+    overlap by `overlap` tokens (default: a quarter of the room a window has for text).
+
+    Each window answers for the tokens of its middle: the overlap is split in half between
+    neighbours, so a span is taken from the window in which its first token has at least half the
+    overlap of context on either side, and every entity is found once. An entity that reaches more
+    than half the overlap past the end of its window is lost; a larger `overlap` keeps it."""
+    prefix, suffix = _special_tokens(tokenizer)
+    room = max_length - len(prefix) - len(suffix)
+    overlap = room // 4 if overlap is None else overlap
+    if room < 1 or not 0 <= overlap < room:
+        raise ValueError(f"max_length {max_length} leaves {room} tokens per window; overlap must be in [0, {room})")
+    pieces = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True) if texts else None
+    windows = Windows([], [], len(texts))
+    for n in range(len(texts)):
+        ids, offsets = pieces["input_ids"][n], [tuple(o) for o in pieces["offset_mapping"][n]]
+        starts = list(range(0, max(len(ids) - overlap, 1), room - overlap))
+        for k, a in enumerate(starts):
+            b = min(a + room, len(ids))
+            first = a + overlap // 2 if k else 0  # this window's share of the tokens: [first, last)
+            last = starts[k + 1] + overlap // 2 if k + 1 < len(starts) else len(ids)
+            row_offsets = [(0, 0)] * len(prefix) + offsets[a:b] + [(0, 0)] * len(suffix)
+            label_mask = [0] * len(prefix) + [1] * (b - a) + [0] * len(suffix)
+            windows.examples.append(EncodedExample(prefix + ids[a:b] + suffix, row_offsets, [], label_mask))
+            windows.shares.append((n, offsets[first][0] if k else 0,
+                                   offsets[last][0] if last < len(ids) else float("inf")))
+    return windows
+
+
+def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text ([CLS] / [SEP] for BERT)."""
+    encoded = tokenizer("中", return_special_tokens_mask=True)
+    mask, ids = encoded["special_tokens_mask"], encoded["input_ids"]
+    body = [i for i, m in enumerate(mask) if not m]
+    if not body:
+        raise ValueError("the tokenizer produced no text token for '中'")
+    return ids[:body[0]], ids[body[-1] + 1:]
 
 
 @torch.no_grad()
@@ -597,5 +655,5 @@ __all__ = [
     "tags_to_spans", "spans_to_bio", "read_tagged", "read_cluener", "read_ner", "read_texts", "iter_json_objects",
     "entity_types", "split_examples", "encode_examples", "char_to_token_maps", "token_span_to_chars", "collate",
     "crf_tag_names", "left_align", "encoder_config", "set_ner_config", "predict", "predict_encoded", "entity_counts",
-    "scores_from_counts", "entity_scores", "write_predictions",
+    "scores_from_counts", "entity_scores", "write_predictions", "Windows", "encode_windows",
 ]
