@@ -90,7 +90,7 @@ from suji_models.tasks.ner import (
     write_predictions,
 )
 from suji_models.training.data import RowSource
-from suji_models.training.loop import TrainArgs, deepspeed_config, init_distributed, train
+from suji_models.training.loop import TrainArgs, deepspeed_config, finish_distributed, init_distributed, train
 from suji_models.training.options import parse_args
 
 # Development data of this workplace (not part of the repository): ../shared/data/ner
@@ -184,8 +184,10 @@ def main(argv=None):
     say = print if rank == 0 else (lambda *a, **k: None)
 
     if not ner.do_train:
-        return evaluate_and_predict(ner, SujiForNer.from_pretrained(ner.model), tokenizer, dev_examples, rank,
-                                    Path(args.output_dir))
+        results = evaluate_and_predict(ner, SujiForNer.from_pretrained(ner.model), tokenizer, dev_examples, rank,
+                                       Path(args.output_dir))
+        finish_distributed()
+        return results
 
     types = entity_types(train_examples)
     config = model_config(ner, tokenizer, types)
@@ -248,7 +250,7 @@ def main(argv=None):
                  "loss_first_last": [losses[0][1], losses[-1][1]] if losses else None,
                  "args": {**dataclasses.asdict(ner), **dataclasses.asdict(args)}}
         evaluate_and_predict(ner, model, tokenizer, dev_examples, rank, Path(args.output_dir), extra, max_eval)
-    dist.barrier()
+    finish_distributed()
 
 
 def _report_dict(report) -> dict:

@@ -58,6 +58,15 @@ def init_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
+def finish_distributed() -> None:
+    """End a successful run: every rank waits for the others, then the process group is torn down.
+    Left to interpreter exit, the group's background threads can abort a finished process
+    ("terminate called without an active exception", exit code 250)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def resolve_precision(requested: str) -> str:
     if requested != "auto":
         if requested in ("fp16", "bf16") and not torch.cuda.is_available():

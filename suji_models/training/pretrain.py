@@ -26,7 +26,7 @@ from .data import (
     mlm_batch,
     unilm_batch,
 )
-from .loop import TrainArgs, deepspeed_config, init_distributed, save_final, train
+from .loop import TrainArgs, deepspeed_config, finish_distributed, init_distributed, save_final, train
 
 
 @dataclass
@@ -72,6 +72,13 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 def run(objective: str, model_class, argv=None, **defaults):
+    """Pretrain with `objective` (mlm | clm | unilm); returns [(step, loss)]."""
+    losses = _run(objective, model_class, argv, **defaults)
+    finish_distributed()
+    return losses
+
+
+def _run(objective: str, model_class, argv=None, **defaults):
     data, args = parse_args(argv, **defaults)
     rank, world = init_distributed()
     deepspeed_config(args, world)  # a contradicting DeepSpeed JSON fails here, before any data work
