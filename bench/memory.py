@@ -30,12 +30,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import cuda_available, free_port, pick  # bench/ is on the path of a bench script
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {
@@ -116,11 +117,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def prepare(size: str, vocab_size: int, work: Path) -> int:
     """The model every configuration loads, and a vocab.txt of that size (embedded vocab + [unused] entries)."""
@@ -189,16 +185,10 @@ def main(argv=None):
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
     parser.add_argument("--json", help="write the rows here too")
     args = parser.parse_args(argv)
-    names = args.configs.split(",")
-    unknown = sorted(set(names) - set(CONFIGS))
-    if unknown:
-        raise SystemExit(f"unknown configs {unknown}; known: {', '.join(CONFIGS)}")
-
+    names = pick(args.configs, CONFIGS, "configs")
     import torch
 
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # silences DeepSpeed's "no GPU" warning on import
+    cuda = cuda_available()
     work = Path(tempfile.mkdtemp(prefix="suji-bench-memory-"))
     rows = []
     try:

@@ -36,12 +36,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import cuda_available, free_port, pick  # bench/ is on the path of a bench script
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -64,11 +65,6 @@ RUNS = {
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
        "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(args, work: Path):
@@ -221,16 +217,10 @@ def main(argv=None):
             setattr(args, key, SIZES[args.size][key])
     if args.steps <= args.log_steps:
         raise SystemExit("--steps must be larger than --log_steps (the warm-up left out of the timing)")
-    runs = args.runs.split(",")
-    unknown = sorted(set(runs) - set(RUNS))
-    if unknown:
-        raise SystemExit(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
-
+    runs = pick(args.runs, RUNS, "runs")
     import torch
 
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # silences DeepSpeed's "no GPU" warning on import
+    cuda = cuda_available()
     env = {**os.environ, **ENV, "OMP_NUM_THREADS": str(args.threads)}
     if cuda:
         env.pop("DS_ACCELERATOR")
