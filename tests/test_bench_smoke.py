@@ -24,7 +24,7 @@ def outputs(tmp_path_factory):
     corpus = tmp / "corpus.txt"  # a few documents keep data preparation short
     corpus.write_text("\n".join(CLUE.read_text(encoding="utf-8").splitlines()[:40]) + "\n", encoding="utf-8")
     commands = {
-        "model": ["model.py", "--seqs", 16, "--batch", 2, "--iters", 1, "--warmup", 0, "--threads", 1,
+        "model": ["model.py", "--seqs", 16, "--batch", 2, "--iters", 1, "--warmup", 0, "--threads", 1, "--rounds", 1,
                   "--families", "bert"],
         "pretrain": ["pretrain.py", "--train_file", corpus, "--seq", 32, "--batch", 2, "--steps", 3,
                      "--log_steps", 1, "--threads", 1, "--runs", "hf,suji"],

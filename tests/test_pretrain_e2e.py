@@ -1,5 +1,6 @@
 """The pretraining entry points end to end: 2 DeepSpeed processes on CPU (gloo), real text."""
 
+import glob
 import json
 import os
 import re
@@ -27,18 +28,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script, *args, procs=2, timeout=900):
+def launch(script, *args, procs=2, timeout=900, port=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
     deepspeed = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    command = [deepspeed, "--num_gpus", str(procs), "--master_port", str(free_port()), script, *map(str, args)]
+    command = [deepspeed, "--num_gpus", str(procs), "--master_port", str(port or free_port()), script, *map(str, args)]
     out = subprocess.run(command, cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=timeout)
     return out.returncode, out.stdout + out.stderr
 
 
 def ok(script, *args, **kw):
-    code, log = launch(script, *args, **kw)
+    port = free_port()
+    code, log = launch(script, *args, port=port, **kw)
     assert code == 0, log[-4000:]
+    # DeepSpeed's CPU shared-memory buffers (66 MB per rank, in RAM) must not outlive the run
+    assert not glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*"), "shared-memory buffers left behind"
     return log
 
 

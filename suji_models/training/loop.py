@@ -7,6 +7,7 @@ resuming needs only the step counter, not a pickled sampler, and equals an unint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -64,7 +65,19 @@ def finish_distributed() -> None:
     ("terminate called without an active exception", exit code 250)."""
     if dist.is_initialized():
         dist.barrier()
+        _unlink_shm_allreduce_buffer(dist.get_rank())
         dist.destroy_process_group()
+
+
+def _unlink_shm_allreduce_buffer(rank: int) -> None:
+    """DeepSpeed's CPU backend maps a 66 MB shared-memory buffer per rank when all ranks share a machine
+    (`/dev/shm/deepspeed_allreduce_buffer_<uid>_<master addr>_<port>_<rank>`) and never unlinks it: each run
+    would leave its buffers in /dev/shm, that is in RAM, until the machine restarts (a few hundred runs on
+    different ports fill a 24 GB machine, and then new runs hang)."""
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
 
 
 def resolve_precision(requested: str) -> str:
