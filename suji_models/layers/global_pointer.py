@@ -59,15 +59,20 @@ def _finish(scores: torch.Tensor, attention_mask, length) -> torch.Tensor:
     return scores.masked_fill(~span_mask(attention_mask, length, scores.device), INVALID_SCORE)
 
 
+def _set_pointer_shape(module, num_types: int, head_size: int, rope: bool, rotary_base: float) -> None:
+    """The settings both pointer heads share; RoPE rotates pairs of dimensions, so head_size must be even."""
+    if rope and head_size % 2:
+        raise ValueError(f"RoPE needs an even head_size, got {head_size}")
+    module.num_types, module.head_size, module.rope, module.rotary_base = num_types, head_size, rope, rotary_base
+
+
 class GlobalPointer(nn.Module):
     """Per-type q/k projections with RoPE; see the module docstring."""
 
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True,
                  rotary_base: float = 10000.0, bias: bool = True):
         super().__init__()
-        if rope and head_size % 2:
-            raise ValueError(f"RoPE needs an even head_size, got {head_size}")
-        self.num_types, self.head_size, self.rope, self.rotary_base = num_types, head_size, rope, rotary_base
+        _set_pointer_shape(self, num_types, head_size, rope, rotary_base)
         self.dense = nn.Linear(hidden_size, num_types * head_size * 2, bias=bias)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -88,9 +93,7 @@ class EfficientGlobalPointer(nn.Module):
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True,
                  rotary_base: float = 10000.0, bias: bool = True):
         super().__init__()
-        if rope and head_size % 2:
-            raise ValueError(f"RoPE needs an even head_size, got {head_size}")
-        self.num_types, self.head_size, self.rope, self.rotary_base = num_types, head_size, rope, rotary_base
+        _set_pointer_shape(self, num_types, head_size, rope, rotary_base)
         self.dense = nn.Linear(hidden_size, head_size * 2, bias=bias)  # u_i = [q_i; k_i]
         self.type_dense = nn.Linear(head_size * 2, num_types * 2, bias=bias)  # per type: start, end
 
