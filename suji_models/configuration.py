@@ -23,6 +23,7 @@ that Google BERT used), biases zero, LayerNorm weights one.
 from __future__ import annotations
 
 import copy
+import json
 
 from transformers import PretrainedConfig
 
@@ -142,6 +143,27 @@ class SujiConfig(PretrainedConfig):
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
+
+    @classmethod
+    def from_preset_options(cls, name: str, overrides: str | dict = "", min_positions: int = 0,
+                            **fixed) -> "SujiConfig":
+        """What the scripts' ``--model_preset NAME --model_overrides JSON`` build: the preset, the JSON
+        overrides (an object of config fields), then `fixed` (vocabulary size and pad id from the
+        tokenizer). Learned position tables grow to `min_positions` (the run's sequence length)."""
+        if isinstance(overrides, str):
+            try:
+                overrides = json.loads(overrides) if overrides.strip() else {}
+            except json.JSONDecodeError as why:
+                raise ValueError(f"--model_overrides is not valid JSON ({why.msg}): {overrides!r}") from None
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--model_overrides must be a JSON object of config fields, got {overrides!r}")
+        unknown = sorted(set(overrides) - set(cls().to_dict()) - {"num_labels", "id2label", "label2id"})
+        if unknown:
+            raise ValueError(f"--model_overrides: {unknown} are not SujiConfig fields")
+        config = cls.from_preset(name, **{**overrides, **fixed})
+        if config.position_embedding_type == "learned":
+            config.max_position_embeddings = max(config.max_position_embeddings, min_positions)
+        return config
 
 
 _BERT_BASE = dict(

@@ -42,6 +42,25 @@ def checkpoint_kind(path) -> str:
     return "unknown"
 
 
+def checkpoint_config(path):
+    """The SujiConfig a checkpoint folder loads with: its own (Suji), or converted from a transformers
+    bert / roformer / albert / gpt2 folder or a TF checkpoint, as `from_pretrained` would."""
+    from ..configuration import SujiConfig
+
+    kind = checkpoint_kind(path)
+    if kind == "suji":
+        return SujiConfig.from_pretrained(path)
+    if kind in FAMILIES:
+        from transformers import AutoConfig
+
+        return config_from_hf(AutoConfig.from_pretrained(path))
+    if kind == "tf":
+        from .tf_names import tf_checkpoint_to_hf
+
+        return config_from_hf(tf_checkpoint_to_hf(path)[0])
+    raise ValueError(f"{path}: not a Suji, transformers or TF checkpoint folder")
+
+
 def _find_tf_index(path: Path):
     if path.is_file() and ".ckpt" in path.name:
         return path

@@ -20,8 +20,6 @@ One span format everywhere: an entity is ``(start, end, type)`` over the *charac
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,9 +30,16 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..configuration import SujiConfig
+from ..convert.loading import checkpoint_config
 from ..layers import CRF, EfficientGlobalPointer, GlobalPointer, decode_spans
 from ..losses import sparse_multilabel_categorical_crossentropy
 from ..modeling import SujiModel, SujiPreTrainedModel
+from .batching import length_batches, pad_rows
+from .metrics import scores_from_counts, set_counts
+from .offsets import EncodedText, char_to_token_maps, token_span_to_chars
+from .output import write_jsonl
+from .readers import DataError, iter_json_objects, json_field, read_texts, split_examples
+from .windows import Windows, encode_windows
 
 FORMATS = ("bio", "bmes", "cluener")
 HEADS = ("global_pointer", "efficient_global_pointer", "crf")
@@ -159,33 +164,17 @@ def read_tagged(path, scheme: str = "bio", strip_position_digit: bool | None = N
     return examples
 
 
-def iter_json_objects(path):
-    """JSON objects one after another (JSONL, or pretty-printed objects concatenated as CLUENER's)."""
-    text = Path(path).read_text(encoding="utf-8")
-    decoder, i = json.JSONDecoder(), 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i >= len(text):
-            return
-        try:
-            obj, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as why:
-            raise ValueError(f"{path}:{text.count(chr(10), 0, i) + 1}: not a JSON object ({why.msg})") from None
-        yield obj
-
-
 def read_cluener(path) -> list[NerExample]:
     """CLUENER: ``{"text", "label": {type: {entity: [[start, end_inclusive], ...]}}}`` objects. A
     recorded span whose characters differ from its entity string is an error."""
     examples = []
-    for n, obj in enumerate(iter_json_objects(path), 1):
-        text, entities = obj["text"], set()
+    for line, obj in iter_json_objects(path, with_lines=True):
+        text, entities = json_field(obj, "text", f"{path}:{line}", str), set()
         for kind, found in (obj.get("label") or {}).items():
             for surface, positions in found.items():
                 for start, end in positions:
                     if text[start:end + 1] != surface:
-                        raise ValueError(f"{path}: object {n}: span [{start}, {end}] is {text[start:end + 1]!r}, "
+                        raise DataError(f"{path}:{line}: label {kind!r}: span [{start}, {end}] is {text[start:end + 1]!r}, "
                                          f"not {surface!r}")
                     entities.add((start, end + 1, kind))
         examples.append(NerExample(text, sorted(entities)))
@@ -201,38 +190,16 @@ def read_ner(path, format: str) -> list[NerExample]:
     raise ValueError(f"unknown NER format {format!r}; expected one of {FORMATS}")
 
 
-def read_texts(path) -> list[str]:
-    """Texts to tag: JSON objects with a "text" field (JSONL or concatenated), else one per line."""
-    path = Path(path)
-    head = path.read_text(encoding="utf-8").lstrip()[:1]
-    if head == "{":
-        return [obj["text"] for obj in iter_json_objects(path)]
-    return [line.rstrip("\r\n") for line in path.open(encoding="utf-8") if line.strip()]
-
-
 def entity_types(*example_lists) -> list[str]:
     return sorted({kind for examples in example_lists for ex in examples for _, _, kind in ex.entities})
-
-
-def split_examples(examples, dev_fraction: float = 0.2, seed: int = 0):
-    """A deterministic (train, dev) split by a seeded shuffle of the example indices."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_dev = int(round(len(examples) * dev_fraction))
-    dev = sorted(order[:n_dev])
-    train = sorted(order[n_dev:])
-    return [examples[i] for i in train], [examples[i] for i in dev]
 
 
 # ---- tokens ----------------------------------------------------------------------------------
 
 
 @dataclass
-class EncodedExample:
-    input_ids: list[int]
-    offsets: list[tuple[int, int]]  # character offsets per token; (0, 0) for special tokens
-    token_spans: list[tuple[int, int, int]]  # (first token, last token inclusive, type id)
-    label_mask: list[int]  # 1 on tokens that can be part of an entity (not [CLS]/[SEP])
+class EncodedExample(EncodedText):
+    token_spans: list[tuple[int, int, int]] = field(default_factory=list)  # (first token, last inclusive, type id)
 
     def as_row(self) -> dict:
         return {"input_ids": self.input_ids, "label_mask": self.label_mask, "token_spans": self.token_spans}
@@ -248,6 +215,11 @@ class AlignmentReport:
     unknown_type: list = field(default_factory=list)  # types the label set lacks
     truncated_examples: int = 0
 
+    def as_dict(self) -> dict:
+        return {"sentences": self.examples, "entities": self.spans, "aligned": self.aligned,
+                "unaligned": len(self.unaligned), "truncated": len(self.truncated),
+                "unknown_type": len(self.unknown_type), "truncated_sentences": self.truncated_examples}
+
     def summary(self) -> str:
         text = (f"{self.examples} sentences, {self.spans} entities: {self.aligned} on token boundaries, "
                 f"{len(self.unaligned)} not aligned to tokens, {len(self.truncated)} cut off by truncation "
@@ -257,16 +229,6 @@ class AlignmentReport:
         if self.unaligned:
             text += "; e.g. " + ", ".join(repr(s[2]) for s in self.unaligned[:5])
         return text
-
-
-def char_to_token_maps(offsets):
-    """{char start: token} and {char end: token} over the non-special tokens of one sequence."""
-    starts, ends = {}, {}
-    for t, (s, e) in enumerate(offsets):
-        if e > s:
-            starts.setdefault(s, t)
-            ends[e] = t
-    return starts, ends
 
 
 def encode_examples(tokenizer, examples, types, max_length: int, report: AlignmentReport | None = None):
@@ -303,15 +265,8 @@ def encode_examples(tokenizer, examples, types, max_length: int, report: Alignme
             report.aligned += 1
             spans.append((starts[start], ends[end], type_id[kind]))
         report.examples += 1
-        encoded.append(EncodedExample(list(ids), offsets, sorted(set(spans)), label_mask))
+        encoded.append(EncodedExample(list(ids), offsets, label_mask, sorted(set(spans))))
     return encoded, report
-
-
-def token_span_to_chars(offsets, first: int, last: int) -> tuple[int, int] | None:
-    """Character span (start, end exclusive) of tokens first..last, None if it touches a special token."""
-    if first > last or offsets[first][1] <= offsets[first][0] or offsets[last][1] <= offsets[last][0]:
-        return None
-    return offsets[first][0], offsets[last][1]
 
 
 # ---- batches -----------------------------------------------------------------------------------
@@ -323,17 +278,9 @@ def collate(rows, pad_token_id: int, head: str, num_types: int) -> dict:
     GlobalPointer heads get `labels` [B, num_types, K]: the positive spans of each type as flat
     indices start * L + end, padded with -1 (the sparse ZLPR input). The CRF head gets BIO tag ids
     [B, L] (-100 on special tokens and padding; overlapping spans keep the first, see spans_to_bio)."""
-    length = max(len(r["input_ids"]) for r in rows)
-    batch = len(rows)
-    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(batch, length, dtype=torch.long)
-    label_mask = torch.zeros(batch, length, dtype=torch.long)
-    for b, r in enumerate(rows):
-        n = len(r["input_ids"])
-        input_ids[b, :n] = torch.tensor(r["input_ids"])
-        attention_mask[b, :n] = 1
-        label_mask[b, :n] = torch.tensor(r["label_mask"])
-    out = {"input_ids": input_ids, "attention_mask": attention_mask, "label_mask": label_mask}
+    out = pad_rows(rows, {"input_ids": pad_token_id, "label_mask": 0})
+    batch, length = out["input_ids"].shape
+    label_mask = out["label_mask"]
     if head == "crf":
         labels = torch.full((batch, length), -100, dtype=torch.long)
         for b, r in enumerate(rows):
@@ -343,11 +290,11 @@ def collate(rows, pad_token_id: int, head: str, num_types: int) -> dict:
         out["labels"] = labels.masked_fill(label_mask == 0, -100)
     else:
         most = max([1] + [Counter(t for _, _, t in r["token_spans"]).most_common(1)[0][1]
-                          for r in rows if r["token_spans"]])
+                          for r in rows if r.get("token_spans")])
         labels = torch.full((batch, num_types, most), -1, dtype=torch.long)
         fill = Counter()
         for b, r in enumerate(rows):
-            for s, e, t in r["token_spans"]:
+            for s, e, t in r.get("token_spans", ()):
                 labels[b, t, fill[b, t]] = s * length + e
                 fill[b, t] += 1
         out["labels"] = labels
@@ -481,28 +428,11 @@ class SujiForNer(SujiPreTrainedModel):
                      **config_overrides):
         """A new NER model on the encoder of a Suji or transformers (bert / roformer / albert /
         gpt2) checkpoint folder; the head starts fresh (reported as a new task head)."""
-        config = encoder_config(path)
+        config = checkpoint_config(path)
         for key, value in config_overrides.items():
             setattr(config, key, value)
         set_ner_config(config, head, types, head_size, crf_lr_multiplier)
         return cls.from_pretrained(path, config=config)
-
-
-def encoder_config(path) -> SujiConfig:
-    """The SujiConfig of a Suji checkpoint folder, or of a transformers bert / roformer / albert /
-    gpt2 folder (converted as `from_pretrained` would)."""
-    from ..convert.loading import checkpoint_kind
-
-    kind = checkpoint_kind(path)
-    if kind == "suji":
-        return SujiConfig.from_pretrained(path)
-    if kind in ("bert", "roformer", "albert", "gpt2"):
-        from transformers import AutoConfig
-
-        from ..convert.hf import config_from_hf
-
-        return config_from_hf(AutoConfig.from_pretrained(path))
-    raise ValueError(f"{path}: not a Suji or transformers checkpoint folder (kind {kind!r})")
 
 
 def set_ner_config(config: SujiConfig, head: str, types, head_size: int = 64, crf_lr_multiplier: float = 1.0):
@@ -527,73 +457,13 @@ def predict(model, tokenizer, texts, max_length: int = 512, batch_size: int = 32
     return windows.merge(found)
 
 
-@dataclass
-class Windows:
-    """Texts cut into model-sized windows: `examples` to run, and per window the text it belongs to
-    and the character range [start, end) it answers for."""
-
-    examples: list[EncodedExample]
-    shares: list[tuple[int, float, float]]
-    texts: int
-
-    def merge(self, found) -> list[list[Span]]:
-        """Per text, the spans of its windows (`found`, in window order), each from the window whose share holds
-        its first character."""
-        out: list[set] = [set() for _ in range(self.texts)]
-        for (n, lo, hi), spans in zip(self.shares, found, strict=True):
-            out[n].update(span for span in spans if lo <= span[0] < hi)
-        return [sorted(spans) for spans in out]
-
-
-def encode_windows(tokenizer, texts, max_length: int, overlap: int | None = None) -> Windows:
-    """Cut each text into windows of at most `max_length` tokens (special tokens included) that
-    overlap by `overlap` tokens (default: a quarter of the room a window has for text).
-
-    Each window answers for the tokens of its middle: the overlap is split in half between
-    neighbours, so a span is taken from the window in which its first token has at least half the
-    overlap of context on either side, and every entity is found once. An entity that reaches more
-    than half the overlap past the end of its window is lost; a larger `overlap` keeps it."""
-    prefix, suffix = _special_tokens(tokenizer)
-    room = max_length - len(prefix) - len(suffix)
-    overlap = room // 4 if overlap is None else overlap
-    if room < 1 or not 0 <= overlap < room:
-        raise ValueError(f"max_length {max_length} leaves {room} tokens per window; overlap must be in [0, {room})")
-    pieces = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True) if texts else None
-    windows = Windows([], [], len(texts))
-    for n in range(len(texts)):
-        ids, offsets = pieces["input_ids"][n], [tuple(o) for o in pieces["offset_mapping"][n]]
-        starts = list(range(0, max(len(ids) - overlap, 1), room - overlap))
-        for k, a in enumerate(starts):
-            b = min(a + room, len(ids))
-            first = a + overlap // 2 if k else 0  # this window's share of the tokens: [first, last)
-            last = starts[k + 1] + overlap // 2 if k + 1 < len(starts) else len(ids)
-            row_offsets = [(0, 0)] * len(prefix) + offsets[a:b] + [(0, 0)] * len(suffix)
-            label_mask = [0] * len(prefix) + [1] * (b - a) + [0] * len(suffix)
-            windows.examples.append(EncodedExample(prefix + ids[a:b] + suffix, row_offsets, [], label_mask))
-            windows.shares.append((n, offsets[first][0] if k else 0,
-                                   offsets[last][0] if last < len(ids) else float("inf")))
-    return windows
-
-
-def _special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The special tokens the tokenizer puts before and after a text ([CLS] / [SEP] for BERT)."""
-    encoded = tokenizer("中", return_special_tokens_mask=True)
-    mask, ids = encoded["special_tokens_mask"], encoded["input_ids"]
-    body = [i for i, m in enumerate(mask) if not m]
-    if not body:
-        raise ValueError("the tokenizer produced no text token for '中'")
-    return ids[:body[0]], ids[body[-1] + 1:]
-
-
 @torch.no_grad()
 def predict_encoded(forward, model, encoded, pad_token_id: int, batch_size: int = 32, device="cpu"):
     """Character spans for already encoded examples; `forward(batch) -> logits` runs the model
     (a DeepSpeed engine or the module). Batches are formed by length to limit padding."""
     types = model.types
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out: list[list[Span]] = [[] for _ in encoded]
-    for i in range(0, len(order), batch_size):
-        chunk = order[i:i + batch_size]
+    for chunk in length_batches([len(e.input_ids) for e in encoded], batch_size):
         batch = collate([encoded[j].as_row() for j in chunk], pad_token_id, "global_pointer", len(types))
         batch.pop("labels")
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -610,28 +480,7 @@ def predict_encoded(forward, model, encoded, pad_token_id: int, batch_size: int 
 
 def entity_counts(gold, pred) -> Counter:
     """tp / gold / pred counts, overall (key '') and per type, of sentence-aligned span lists."""
-    counts = Counter()
-    for g, p in zip(gold, pred, strict=True):
-        g, p = set(map(tuple, g)), set(map(tuple, p))
-        for key, spans in (("gold", g), ("pred", p), ("tp", g & p)):
-            counts["", key] += len(spans)
-            for span in spans:
-                counts[span[2], key] += 1
-    return counts
-
-
-def scores_from_counts(counts) -> dict:
-    """{'precision', 'recall', 'f1', 'tp', 'gold', 'pred', 'per_type': {type: {...}}} (micro)."""
-    def prf(kind):
-        tp, n_gold, n_pred = counts[kind, "tp"], counts[kind, "gold"], counts[kind, "pred"]
-        p = tp / n_pred if n_pred else 0.0
-        r = tp / n_gold if n_gold else 0.0
-        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-                "tp": tp, "gold": n_gold, "pred": n_pred}
-
-    result = prf("")
-    result["per_type"] = {kind: prf(kind) for kind in sorted({k for k, _ in counts if k})}
-    return result
+    return set_counts(gold, pred, kind_of=lambda span: span[2])
 
 
 def entity_scores(gold, pred) -> dict:
@@ -641,19 +490,15 @@ def entity_scores(gold, pred) -> dict:
 
 def write_predictions(path, texts, predictions) -> Path:
     """JSONL: one {"text", "entities": [{"start", "end", "type", "text"}]} per text (end exclusive)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for text, spans in zip(texts, predictions, strict=True):
-            entities = [{"start": s, "end": e, "type": t, "text": text[s:e]} for s, e, t in spans]
-            handle.write(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
-    return path
+    return write_jsonl(path, ({"text": text, "entities": [{"start": s, "end": e, "type": t, "text": text[s:e]}
+                                                          for s, e, t in spans]}
+                              for text, spans in zip(texts, predictions, strict=True)))
 
 
 __all__ = [
     "FORMATS", "HEADS", "NerExample", "EncodedExample", "AlignmentReport", "NerOutput", "SujiForNer",
     "tags_to_spans", "spans_to_bio", "read_tagged", "read_cluener", "read_ner", "read_texts", "iter_json_objects",
     "entity_types", "split_examples", "encode_examples", "char_to_token_maps", "token_span_to_chars", "collate",
-    "crf_tag_names", "left_align", "encoder_config", "set_ner_config", "predict", "predict_encoded", "entity_counts",
+    "crf_tag_names", "left_align", "set_ner_config", "predict", "predict_encoded", "entity_counts",
     "scores_from_counts", "entity_scores", "write_predictions", "Windows", "encode_windows",
 ]

@@ -223,19 +223,24 @@ class StreamRows:
         return next(iter(self._shard), None) is None
 
 
-def _pad(rows, key, value):
-    length = max(len(r[key]) for r in rows)
+def pad_to_longest(rows, key, value, length: int | None = None):
+    """[len(rows), longest] tensor of `row[key]` lists, padded with `value` on the right (to `length`
+    when given). The one padding function of pretraining and the finetuning tasks."""
+    length = max(len(r[key]) for r in rows) if length is None else length
     return torch.tensor([list(r[key]) + [value] * (length - len(r[key])) for r in rows])
 
 
-def _common(rows, pad_id):
-    input_ids = _pad(rows, "input_ids", pad_id)
+def pad_rows(rows, pad_values: dict) -> dict:
+    """A batch from row dicts: each key of `pad_values` that the rows have, padded to the longest row
+    with its value, and `attention_mask` (1 on the real tokens of `input_ids`)."""
+    batch = {key: pad_to_longest(rows, key, value) for key, value in pad_values.items() if key in rows[0]}
     lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-    attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "document_ids" in rows[0]:
-        batch["document_ids"] = _pad(rows, "document_ids", -1)
+    batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
     return batch
+
+
+def _common(rows, pad_id):
+    return pad_rows(rows, {"input_ids": pad_id, "document_ids": -1})
 
 
 def mlm_batch(rows, *, tokenizer, generator, mask_prob=0.15, whole_word=True):
@@ -243,7 +248,7 @@ def mlm_batch(rows, *, tokenizer, generator, mask_prob=0.15, whole_word=True):
     # Structural tokens are never masked; [UNK] is an ordinary token (often inside a word).
     special = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}))
     maskable = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], special)
-    word_ids = _pad(rows, "word_ids", -1) if whole_word and "word_ids" in rows[0] else None
+    word_ids = pad_to_longest(rows, "word_ids", -1) if whole_word and "word_ids" in rows[0] else None
     batch["input_ids"], batch["labels"] = mask_for_mlm(
         batch["input_ids"], mask_token_id=tokenizer.mask_token_id, vocab_size=len(tokenizer), maskable=maskable,
         word_ids=word_ids, mask_prob=mask_prob, generator=generator)
@@ -266,7 +271,7 @@ def clm_batch(rows, *, tokenizer, generator=None):
 
 def unilm_batch(rows, *, tokenizer, generator=None):
     batch = _common(rows, tokenizer.pad_token_id)
-    batch["token_type_ids"] = _pad(rows, "token_type_ids", 0)
+    batch["token_type_ids"] = pad_to_longest(rows, "token_type_ids", 0)
     keep = batch["token_type_ids"].bool() & batch["attention_mask"].bool()
     batch["labels"] = batch["input_ids"].masked_fill(~keep, -100)
     return batch

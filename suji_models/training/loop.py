@@ -16,35 +16,44 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .errors import UserError, as_user_errors
+from .errors import unlink_shm_allreduce_buffer as _unlink_shm_allreduce_buffer  # noqa: F401 (was defined here)
+from .options import option
+
 
 @dataclass
 class TrainArgs:
-    output_dir: str = "runs/mlm"
-    max_steps: int = 200
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    lr_decay: str = "linear"  # linear | cosine | constant
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    save_steps: int = 0  # 0: only at the end
-    save_total_limit: int = 2
-    log_steps: int = 10
-    deepspeed_config: str | None = None
-    zero_stage: int | None = None
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    report_to: str = "none"  # none | wandb | tensorboard
-    resume: bool = True
-    gradient_checkpointing: bool = False
-    fused_adamw: bool = True  # one fused kernel for the AdamW update (optimizer step 3.5-5x faster on CPU, measured)
-    stop_at_step: int = 0  # >0: save a checkpoint and exit at this step (time-boxed jobs; resume later)
+    """Options of the training loop, shared by pretraining and every finetuning recipe."""
+
+    output_dir: str = option("runs/mlm", "folder for checkpoints, logs and the final model")
+    max_steps: int = option(200, "optimizer steps to train (finetuning: 0 = derive from --epochs)")
+    per_device_batch_size: int = option(16, "rows per process per micro-step")
+    gradient_accumulation_steps: int = option(1, "micro-steps per optimizer step")
+    learning_rate: float = option(5e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.01, "decoupled weight decay on weight matrices (not on biases / LayerNorms)")
+    warmup_steps: int = option(20, "linear warm-up steps from 0 to --learning_rate")
+    lr_decay: Literal["linear", "cosine", "constant"] = option("linear", "learning-rate decay after warm-up")
+    max_grad_norm: float = option(1.0, "gradient clipping by global norm")
+    seed: int = option(42, "seed of data order, masking, dropout and initialization")
+    save_steps: int = option(0, "save a resumable checkpoint every N steps (0: only at the end)")
+    save_total_limit: int = option(2, "resumable checkpoints kept (oldest removed first)")
+    log_steps: int = option(10, "print loss / lr / tokens per second every N steps")
+    deepspeed_config: str | None = option(None, "DeepSpeed JSON (configs/deepspeed/*.json); the command line owns "
+                                                "batch sizes and clipping")
+    zero_stage: int | None = option(None, "ZeRO stage 0-3 (overrides the DeepSpeed JSON)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = option("auto", "auto: bf16 (or fp16) on GPU, fp32 on CPU")
+    report_to: Literal["none", "wandb", "tensorboard"] = option("none", "where metrics are logged besides stdout")
+    resume: bool = option(True, "continue from the newest complete checkpoint in --output_dir")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% slower)")
+    fused_adamw: bool = option(True, "one fused kernel for the AdamW update (optimizer step 3.5-5x faster on CPU, "
+                                     "measured)")
+    stop_at_step: int = option(0, "save a checkpoint and exit at this step (time-boxed jobs; run again to resume)")
 
 
 def init_distributed():
@@ -56,6 +65,11 @@ def init_distributed():
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        # Every rank has now mapped every rank's CPU shm allreduce buffer: remove the names right away,
+        # so that no ending (failure, SIGTERM, even SIGKILL) leaves 66 MB per rank in /dev/shm.
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        _unlink_shm_allreduce_buffer(dist.get_rank())
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -67,17 +81,6 @@ def finish_distributed() -> None:
         dist.barrier()
         _unlink_shm_allreduce_buffer(dist.get_rank())
         dist.destroy_process_group()
-
-
-def _unlink_shm_allreduce_buffer(rank: int) -> None:
-    """DeepSpeed's CPU backend maps a 66 MB shared-memory buffer per rank when all ranks share a machine
-    (`/dev/shm/deepspeed_allreduce_buffer_<uid>_<master addr>_<port>_<rank>`) and never unlinks it: each run
-    would leave its buffers in /dev/shm, that is in RAM, until the machine restarts (a few hundred runs on
-    different ports fill a 24 GB machine, and then new runs hang)."""
-    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name)
 
 
 def resolve_precision(requested: str) -> str:
@@ -92,7 +95,14 @@ def resolve_precision(requested: str) -> str:
 
 def deepspeed_config(args: TrainArgs, world_size: int) -> dict:
     """Load the JSON config and fill what the command line owns; a contradiction is an error."""
-    config = json.loads(Path(args.deepspeed_config).read_text()) if args.deepspeed_config else {}
+    config = {}
+    if args.deepspeed_config:
+        try:
+            config = json.loads(Path(args.deepspeed_config).read_text(encoding="utf-8"))
+        except OSError as why:
+            raise UserError(f"--deepspeed_config {args.deepspeed_config}: {why.strerror or why}") from None
+        except json.JSONDecodeError as why:
+            raise UserError(f"{args.deepspeed_config}:{why.lineno}: not valid JSON ({why.msg})") from None
     owned = {
         "train_micro_batch_size_per_gpu": args.per_device_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -100,19 +110,20 @@ def deepspeed_config(args: TrainArgs, world_size: int) -> dict:
     }
     for key, value in owned.items():
         if config.get(key, "auto") not in ("auto", value):
-            raise ValueError(
+            raise UserError(
                 f"{args.deepspeed_config}: {key}={config[key]} contradicts the command line ({value}); "
                 "set it in one place (use \"auto\" in the JSON)"
             )
         config[key] = value
     total = args.per_device_batch_size * args.gradient_accumulation_steps * world_size
     if config.get("train_batch_size", "auto") not in ("auto", total):
-        raise ValueError(f"{args.deepspeed_config}: train_batch_size={config['train_batch_size']} but "
+        raise UserError(f"{args.deepspeed_config}: train_batch_size={config['train_batch_size']} but "
                          f"micro batch x accumulation x world size = {total}")
     config["train_batch_size"] = total
     if args.zero_stage is not None:
         config.setdefault("zero_optimization", {})["stage"] = args.zero_stage
-    precision = resolve_precision(args.precision)
+    with as_user_errors(ValueError):  # fp16 / bf16 asked on a CPU-only machine
+        precision = resolve_precision(args.precision)
     config["bf16"] = {"enabled": precision == "bf16"}
     config["fp16"] = {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16}
     config.setdefault("steps_per_print", 10**9)  # we print our own progress line
@@ -204,6 +215,13 @@ def build_model(model_fn, ds_config: dict):
 
         _HF_DS_CONFIG = HfDeepSpeedConfig(ds_config)
     return model_fn()
+
+
+def release_zero3_hook() -> None:
+    """End transformers' ZeRO-3 hook: after training, `from_pretrained` must build whole models again
+    (under the hook it partitions them, and on one rank alone it would deadlock)."""
+    global _HF_DS_CONFIG
+    _HF_DS_CONFIG = None
 
 
 def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_files=None,
@@ -386,8 +404,7 @@ def save_final(engine, output_dir, tokenizer=None, export: bool = True, probe: d
         with torch.no_grad():
             engine_logits = engine(**{k: v.to(engine.device) for k, v in probe.items()}).logits.float().cpu()
     state = consolidated_state_dict(engine)
-    global _HF_DS_CONFIG
-    _HF_DS_CONFIG = None  # from_pretrained on one rank would deadlock while ZeRO-3's hook is active
+    release_zero3_hook()
     final = Path(output_dir) / "final"
     if dist.get_rank() == 0:
         model = engine.module

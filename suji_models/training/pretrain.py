@@ -10,11 +10,14 @@ import contextlib
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 
+from ..configuration import PRESETS, SujiConfig
 from . import options
+from .options import option
 from .data import (
     RowSource,
     StreamRows,
@@ -26,26 +29,34 @@ from .data import (
     mlm_batch,
     unilm_batch,
 )
+from ..convert.loading import checkpoint_config
+from .errors import as_user_errors, check_resume
 from .loop import TrainArgs, deepspeed_config, finish_distributed, init_distributed, save_final, train
 
 
 @dataclass
 class DataArgs:
-    train_file: str = ""
-    text_field: str | None = None  # JSONL field holding the text
-    source_field: str = "source"  # UniLM pairs (JSONL)
-    target_field: str = "target"
-    tokenizer: str = ""  # tokenizer folder, vocab.txt or sentencepiece .model
-    model_preset: str = "roformer-tiny"
-    model: str | None = None  # continue from a checkpoint instead of a preset
-    max_seq_length: int = 128
-    mask_prob: float = 0.15
-    whole_word_masking: bool = True
-    segmenter: str = "rjieba"  # rjieba | jieba (word boundaries for whole-word masking)
-    streaming: bool = False
-    num_proc: int = 0  # 0: one per core
-    skip_bad_lines: bool = False
-    packing_mask: bool = True  # attention inside each packed document (block-diagonal)
+    """Options of the pretraining data and model."""
+
+    train_file: str = option("", "corpus: text (one document per line), JSONL, TSV, a folder or a saved dataset; "
+                                 "comma-separated for several")
+    text_field: str | None = option(None, "JSONL / TSV field holding the text")
+    source_field: str = option("source", "UniLM pairs: the source field")
+    target_field: str = option("target", "UniLM pairs: the target field")
+    tokenizer: str = option("", "tokenizer folder, vocab.txt (char WordPiece) or sentencepiece .model")
+    model_preset: str = option("roformer-tiny", "architecture preset (suji_models.configuration.PRESETS)",
+                               choices=tuple(PRESETS))
+    model_overrides: str = option("", "JSON object of config fields over the preset, e.g. "
+                                      "'{\"hidden_size\": 256, \"num_hidden_layers\": 4}'")
+    model: str | None = option(None, "continue from this checkpoint folder instead of a preset")
+    max_seq_length: int = option(128, "tokens per packed row")
+    mask_prob: float = option(0.15, "MLM: share of tokens predicted")
+    whole_word_masking: bool = option(True, "MLM: mask whole jieba words")
+    segmenter: Literal["rjieba", "jieba"] = option("rjieba", "word boundaries for whole-word masking")
+    streaming: bool = option(False, "read the corpus as a stream (larger than memory)")
+    num_proc: int = option(0, "tokenization processes (0: one per core)")
+    skip_bad_lines: bool = option(False, "skip (and count) undecodable / malformed lines instead of stopping")
+    packing_mask: bool = option(True, "attention stays inside each packed document (block-diagonal)")
 
 
 def parse_args(argv=None, **overrides):
@@ -86,7 +97,18 @@ def _run(objective: str, model_class, argv=None, **defaults):
 
     if not data.train_file:
         raise SystemExit("--train_file is required")
-    tokenizer = load_tokenizer(data.tokenizer)
+    with as_user_errors(ValueError, OSError, prefix="--tokenizer "):
+        tokenizer = load_tokenizer(data.tokenizer)
+    if data.model:  # a folder that is no checkpoint fails here, before any data work
+        with as_user_errors(ValueError, OSError, prefix="--model "):
+            model_config = checkpoint_config(data.model)
+    else:  # a bad preset or override fails here, before any data work
+        with as_user_errors(ValueError):
+            model_config = SujiConfig.from_preset_options(data.model_preset, data.model_overrides,
+                                                          data.max_seq_length, vocab_size=len(tokenizer),
+                                                          pad_token_id=tokenizer.pad_token_id)
+    check_resume(args.output_dir, model_config, args.resume)  # before DeepSpeed's size mismatch deep in loading
+
     num_proc = data.num_proc or default_num_proc()
     started = time.time()
     fields = [data.source_field, data.target_field] if objective == "unilm" else None
@@ -137,12 +159,7 @@ def _run(objective: str, model_class, argv=None, **defaults):
     def make_model():
         if data.model:
             return model_class.from_pretrained(data.model)
-        from .. import SujiConfig
-
-        config = SujiConfig.from_preset(data.model_preset, vocab_size=len(tokenizer),
-                                        pad_token_id=tokenizer.pad_token_id)
-        config.max_position_embeddings = max(config.max_position_embeddings, data.max_seq_length)
-        return model_class._from_config(config)
+        return model_class._from_config(model_config)
 
     def save_files(path):
         tokenizer.save_pretrained(path)

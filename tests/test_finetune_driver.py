@@ -1,0 +1,108 @@
+"""The finetune driver with the two toy recipes of tests/finetune_toy.py: training, evaluation
+(counts summed across 2 ranks), best checkpoint, results.json, predict mode, ZeRO-3, refusals."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from suji_models import SujiForSequenceClassification
+from suji_models.training.finetune import FinetuneArgs, _interleave, sum_across_ranks
+from tokenization import load_tokenizer
+
+from .conftest import REPO_ROOT
+from .test_pretrain_e2e import launch, ok
+
+VOCAB = REPO_ROOT / "pretrain" / "data" / "vocab.txt"
+SAMPLE = REPO_ROOT / "pretrain" / "data" / "peoples_daily_1998_sample.txt"
+TINY = json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64})
+
+
+def classify_data(tmp_path, n_train=300, n_dev=41):
+    """Real sentences; the label says whether the sentence has a full-width comma (learnable from characters)."""
+    lines = [line.strip() for line in SAMPLE.read_text(encoding="utf-8").splitlines() if 4 <= len(line.strip()) <= 60]
+    rows = [f"{int('，' in line)}\t{line}" for line in lines]
+    (tmp_path / "train.tsv").write_text("\n".join(rows[:n_train]), encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("\n".join(rows[n_train:n_train + n_dev]), encoding="utf-8")
+    return [r.split("\t") for r in rows[n_train:n_train + n_dev]]
+
+
+def toy(task, *args, procs=2):
+    return ["tests/finetune_toy.py", task, "--tokenizer", VOCAB, "--model_overrides", TINY, "--max_seq_length", 64,
+            "--log_steps", 10, "--learning_rate", 0.003, "--warmup_steps", 5, *args]
+
+
+def predict_here(model_dir, texts):
+    tokenizer = load_tokenizer(model_dir)
+    model = SujiForSequenceClassification.from_pretrained(model_dir).eval()
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            out.append(str(model(**tokenizer(text, return_tensors="pt", truncation=True, max_length=64)).logits.argmax(-1).item()))
+    return out
+
+
+def test_interleave_restores_example_order():
+    # rank r held examples r, r + world, ...: 7 examples over 3 ranks
+    assert _interleave([[0, 3, 6], [1, 4], [2, 5]]) == list(range(7))
+    assert sum_across_ranks(Counter({("", "tp"): 2})) == Counter({("", "tp"): 2})  # one process: unchanged
+
+
+def test_every_option_has_help_and_bad_choices_stop_at_once():
+    from suji_models.training.loop import TrainArgs
+    from suji_models.training.options import build_parser
+
+    parser = build_parser((FinetuneArgs, TrainArgs))
+    for action in parser._actions:
+        if action.dest not in ("help", "local_rank"):
+            assert action.help and action.help.strip(), action.dest
+
+
+def test_two_ranks_train_keep_the_best_and_predict_in_order(tmp_path):
+    dev = classify_data(tmp_path)
+    out = tmp_path / "run"
+    log = ok(*toy("classify", "--train_file", tmp_path / "train.tsv", "--dev_file", tmp_path / "dev.tsv",
+                  "--per_device_batch_size", 16, "--epochs", 2, "--output_dir", out))
+    results = json.loads((out / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [10, 20]  # 300 rows / (16 x 2 ranks): 10 steps an epoch
+    # the dev counts of both ranks (21 + 20 of 41 examples) were summed: the score equals a one-process recount
+    expected = predict_here(out / "best", [text for _, text in dev])
+    accuracy = sum(p == label for (label, _), p in zip(dev, expected)) / len(dev)
+    assert results["dev"]["total"] == 41 and results["dev"]["accuracy"] == pytest.approx(accuracy)
+    assert max(h["accuracy"] for h in results["history"]) == pytest.approx(accuracy)
+    assert "summary: dev accuracy" in log and "new best accuracy" in log
+
+    # predict mode, 2 ranks: each predicts its share; the file is in input order
+    predictions = tmp_path / "predictions.jsonl"
+    ok(*toy("classify", "--do_train", "false", "--model", out / "best", "--predict", tmp_path / "dev.tsv",
+            "--predict_output", predictions, "--output_dir", tmp_path / "predict"))
+    got = [json.loads(line)["prediction"] for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert got == expected
+
+
+@pytest.mark.slow
+def test_zero3_trains_and_evaluates_in_lockstep(tmp_path):
+    classify_data(tmp_path, n_train=120, n_dev=7)  # 4 + 3 dev examples: one rank runs a batch fewer
+    out = tmp_path / "run"
+    ok(*toy("classify", "--train_file", tmp_path / "train.tsv", "--dev_file", tmp_path / "dev.tsv",
+            "--per_device_batch_size", 8, "--eval_batch_size", 2, "--max_steps", 6, "--eval_steps", 3,
+            "--zero_stage", 3, "--output_dir", out))
+    results = json.loads((out / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [3, 6] and results["dev"]["total"] == 7
+
+
+@pytest.mark.slow
+def test_generating_task_evaluates_with_generate_and_is_refused_under_zero3(tmp_path):
+    lines = [line.strip()[:6] for line in SAMPLE.read_text(encoding="utf-8").splitlines() if len(line.strip()) >= 6]
+    pairs = [f"{s}\t{s}" for s in lines[:200]]
+    (tmp_path / "train.tsv").write_text("\n".join(pairs), encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("\n".join(pairs[:6]), encoding="utf-8")
+    out = tmp_path / "run"
+    log = ok(*toy("copy", "--train_file", tmp_path / "train.tsv", "--dev_file", tmp_path / "dev.tsv",
+                  "--per_device_batch_size", 16, "--max_steps", 4, "--output_dir", out))
+    results = json.loads((out / "results.json").read_text())
+    assert "exact" in results["dev"] and [h["step"] for h in results["history"]] == [4]
+    code, log = launch(*toy("copy", "--train_file", tmp_path / "train.tsv", "--zero_stage", 3,
+                            "--output_dir", tmp_path / "refused"))
+    assert code != 0 and "use ZeRO stage 0-2" in log
