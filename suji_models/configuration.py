@@ -166,20 +166,39 @@ class SujiConfig(PretrainedConfig):
         return config
 
 
+# Each family's switches, written once. The presets below, the transformers import
+# (`convert.hf.config_from_hf`) and the export check (`convert.hf.transformers_family`) all read this
+# table. "=hidden_act" stands for the model's own activation (RoFormer's classification head applies
+# hidden_act, not tanh, after its dense layer).
+FAMILY_SWITCHES: dict[str, dict] = {
+    # (post-LN families may be causal too: BertLMHeadModel, RoFormerForCausalLM)
+    "bert": dict(position_embedding_type="learned", norm_placement="post", lm_head_transform=True, lm_head_bias=True,
+                 pooler_activation="tanh", classifier_pooling="first", classifier_bias=True),
+    "gpt2": dict(position_embedding_type="learned", norm_placement="pre", is_causal=True, type_vocab_size=0,
+                 lm_head_transform=False, lm_head_bias=False, pooler_activation=None, classifier_pooling="last",
+                 classifier_bias=False),
+}
+FAMILY_SWITCHES["roformer"] = {**FAMILY_SWITCHES["bert"], "position_embedding_type": "rotary",
+                               "pooler_activation": "=hidden_act"}
+FAMILY_SWITCHES["albert"] = dict(FAMILY_SWITCHES["bert"])  # + factorized embeddings and shared layer groups
+
+
+def family_switches(family: str, hidden_act: str) -> dict:
+    """The config fields that make a model of `family` (with `family` itself)."""
+    switches = {k: (hidden_act if v == "=hidden_act" else v) for k, v in FAMILY_SWITCHES[family].items()}
+    return {"family": family, **switches}
+
+
 _BERT_BASE = dict(
-    family="bert", vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
+    **family_switches("bert", "gelu"),
 )
-# RoFormer's classification head applies hidden_act (not tanh) after its dense layer.
-_ROFORMER = dict(position_embedding_type="rotary", family="roformer", max_position_embeddings=1536,
-                 pooler_activation="gelu")
-_ALBERT = dict(family="albert", hidden_act="gelu_new", num_hidden_groups=1, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0)
-_GPT2 = dict(
-    family="gpt2", norm_placement="pre", is_causal=True, hidden_act="gelu_new", layer_norm_eps=1e-5,
-    type_vocab_size=0, lm_head_transform=False, lm_head_bias=False, pooler_activation=None,
-    classifier_pooling="last", classifier_bias=False, max_position_embeddings=1024,
-)
+_ROFORMER = dict(**family_switches("roformer", "gelu"), max_position_embeddings=1536)
+_ALBERT = dict(**family_switches("albert", "gelu_new"), hidden_act="gelu_new", num_hidden_groups=1,
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+_GPT2 = dict(**family_switches("gpt2", "gelu_new"), hidden_act="gelu_new", layer_norm_eps=1e-5,
+             max_position_embeddings=1024)
 _TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=128, vocab_size=128)
 

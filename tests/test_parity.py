@@ -13,6 +13,10 @@ import transformers as T
 
 import suji_models as S
 
+# Parity with the installed transformers: `.ci/run` also runs these against the newest versions the
+# pyproject allows (`-m upstream`), so an upstream API move shows up in CI, named, not at users.
+pytestmark = pytest.mark.upstream
+
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48, vocab_size=97,
             max_position_embeddings=64, hidden_act="gelu", pad_token_id=0)
 GPT2_TINY = dict(n_embd=32, n_layer=3, n_head=4, n_inner=48, vocab_size=97, n_positions=64, pad_token_id=0,
@@ -129,21 +133,105 @@ def test_native_save_load_through_auto_classes(tmp_path):
         assert_same(outputs(model, inputs), outputs(loaded, inputs), inputs["attention_mask"])
 
 
-def test_greedy_generation_matches_gpt2(tmp_path):
+def context_sensitive_gpt2():
+    """A tiny GPT2 whose greedy continuation depends on the whole context. Plain random weights
+    collapse into repeating one high-norm token whatever the prompt (the old test passed by luck
+    that way even with a broken cache); here embeddings have equal norms, biases are zero and
+    attention is sharp, so continuations are varied and differ from what the model would say
+    looking at the last token alone (asserted in the tests: that is what a lost cache gives)."""
+    torch.manual_seed(0)
     reference = make_reference("gpt2", "clm")
-    with torch.no_grad():  # smaller weights keep the greedy path away from near-ties
-        for p in reference.parameters():
-            p.mul_(0.3)
-    reference.save_pretrained(tmp_path)
-    suji = S.SujiForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.fill_(1.0)
+            elif ".attn." in name:
+                p.normal_(0, 0.4)
+            elif ".mlp." in name:
+                p.normal_(0, 0.1)
+        wte = reference.transformer.wte.weight
+        wte.copy_(torch.nn.functional.normalize(wte, dim=-1) * 2.0)
+        reference.transformer.wpe.weight.normal_(0, 0.3)
+    return reference
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair(tmp_path_factory):
+    reference = context_sensitive_gpt2()
+    folder = tmp_path_factory.mktemp("gpt2")
+    reference.save_pretrained(folder)
+    return reference, S.SujiForCausalLM.from_pretrained(folder).eval()
+
+
+def greedy_without_context(model, prompt, steps):
+    """What generation degrades to when the KV cache is lost: each new token is predicted from the
+    last token alone (at its right position)."""
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            if seq.shape[1] == prompt.shape[1]:
+                logits = model(input_ids=seq).logits
+            else:
+                position = torch.full((seq.shape[0], 1), seq.shape[1] - 1)
+                logits = model(input_ids=seq[:, -1:], position_ids=position).logits
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+GENERATE = dict(max_new_tokens=12, pad_token_id=0, eos_token_id=None)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_greedy_generation_matches_gpt2(gpt2_pair, seed):
+    reference, suji = gpt2_pair
+    torch.manual_seed(seed)
     prompt = torch.randint(3, 97, (2, 5))
-    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
-    expected = reference.generate(prompt, **kwargs)
-    got = suji.generate(prompt, **kwargs)
+    expected = reference.generate(prompt, do_sample=False, **GENERATE)
+    # The reference itself must be a test a broken cache cannot pass: varied, prompt-dependent
+    # continuations that differ from last-token-only decoding.
+    for row in expected[:, 5:]:
+        assert len(set(row.tolist())) >= 3, f"degenerate reference continuation {row.tolist()}"
+    assert not torch.equal(expected[0, 5:], expected[1, 5:])
+    assert not torch.equal(greedy_without_context(reference, prompt, 12), expected)
+
+    got = suji.generate(prompt, do_sample=False, **GENERATE)
     assert got.shape == (2, 17)
     assert torch.equal(got, expected)
     # the KV cache path equals recomputing everything each step
-    assert torch.equal(suji.generate(prompt, use_cache=False, **kwargs), got)
+    assert torch.equal(suji.generate(prompt, do_sample=False, use_cache=False, **GENERATE), got)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampling_with_a_fixed_seed_matches_gpt2(gpt2_pair, seed):
+    reference, suji = gpt2_pair
+    prompt = torch.randint(3, 97, (2, 5))
+    sample = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, **GENERATE)
+    torch.manual_seed(seed)
+    expected = reference.generate(prompt, **sample)
+    torch.manual_seed(seed)
+    got = suji.generate(prompt, **sample)
+    assert len(set(expected[0, 5:].tolist())) >= 3
+    assert torch.equal(got, expected)
+    torch.manual_seed(seed)
+    assert torch.equal(suji.generate(prompt, use_cache=False, **sample), got)
+
+
+def test_batched_generation_with_left_padding_equals_one_prompt_at_a_time(gpt2_pair):
+    reference, suji = gpt2_pair
+    prompts = [torch.randint(3, 97, (n,)) for n in (7, 4, 6)]
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding, as a tokenizer with padding_side="left" gives
+        ids[i, width - len(p):] = p
+        mask[i, width - len(p):] = 1
+    batched = suji.generate(ids, attention_mask=mask, do_sample=False, **GENERATE)[:, width:]
+    assert torch.equal(batched, reference.generate(ids, attention_mask=mask, do_sample=False, **GENERATE)[:, width:])
+    for i, p in enumerate(prompts):
+        alone = suji.generate(p[None], do_sample=False, **GENERATE)[0, len(p):]
+        assert torch.equal(batched[i], alone), f"row {i}: {batched[i].tolist()} != {alone.tolist()}"
 
 
 def test_import_refuses_missing_and_unknown_weights(tmp_path):
@@ -192,7 +280,7 @@ def test_shape_mismatch_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("change,reason", [
     (dict(residual_attention=True), "RealFormer"),
     (dict(position_embedding_type="none"), "no position embeddings"),
-    (dict(norm_placement="pre"), "bidirectional pre-LN"),
+    (dict(norm_placement="pre"), "is_causal=False \\(transformers gpt2 needs True\\)"),
     (dict(type_vocab_size=0), "no token type embeddings"),
 ])
 def test_export_refuses_what_transformers_cannot_express(change, reason, tmp_path):
@@ -200,3 +288,22 @@ def test_export_refuses_what_transformers_cannot_express(change, reason, tmp_pat
     with pytest.raises(ValueError, match=reason):
         S.export_to_transformers(model, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_subclass_exports_as_its_parent(tmp_path):
+    """Export dispatches on the `export_kind` attribute, not the class name: a user's subclass exports too."""
+
+    class MyClassifier(S.SujiForSequenceClassification):
+        pass
+
+    model = MyClassifier(S.SujiConfig.from_preset("bert-tiny", num_labels=3)).eval()
+    S.export_to_transformers(model, tmp_path)
+    reference = T.BertForSequenceClassification.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[2, 5, 7, 9, 3]])
+    torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=1e-5)
+
+    class NoCounterpart(S.SujiPreTrainedModel):
+        pass
+
+    with pytest.raises(ValueError, match="no bert counterpart of NoCounterpart"):
+        S.export_to_transformers(NoCounterpart(S.SujiConfig.from_preset("bert-tiny")), tmp_path / "none")

@@ -14,6 +14,8 @@ import torch
 import transformers
 from transformers.utils import logging
 
+from ..configuration import family_switches
+
 logger = logging.get_logger(__name__)
 
 FAMILIES = ("bert", "roformer", "albert", "gpt2")
@@ -215,14 +217,14 @@ def config_from_hf(hf_config, **overrides):
             if getattr(hf_config, flag, ok) != ok:
                 raise ValueError(f"GPT2 checkpoints with {flag}={not ok} are not supported")
         kw = dict(
-            family="gpt2", vocab_size=hf_config.vocab_size, hidden_size=hf_config.n_embd,
+            vocab_size=hf_config.vocab_size, hidden_size=hf_config.n_embd,
             num_hidden_layers=hf_config.n_layer, num_attention_heads=hf_config.n_head,
             intermediate_size=hf_config.n_inner or 4 * hf_config.n_embd, hidden_act=hf_config.activation_function,
             hidden_dropout_prob=hf_config.resid_pdrop, attention_probs_dropout_prob=hf_config.attn_pdrop,
             max_position_embeddings=hf_config.n_positions, layer_norm_eps=hf_config.layer_norm_epsilon,
-            initializer_range=hf_config.initializer_range, norm_placement="pre", is_causal=True, type_vocab_size=0,
-            lm_head_transform=False, lm_head_bias=False, pooler_activation=None, classifier_pooling="last",
-            classifier_bias=False, tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", True),
+            initializer_range=hf_config.initializer_range,
+            tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", True),
+            **family_switches("gpt2", hf_config.activation_function),
         )
     elif family in ("bert", "roformer", "albert"):
         if getattr(hf_config, "position_embedding_type", "absolute") not in ("absolute", None):
@@ -230,7 +232,7 @@ def config_from_hf(hf_config, **overrides):
         if getattr(hf_config, "add_cross_attention", False):
             raise ValueError(f"{family} checkpoints with cross-attention are not supported")
         kw = dict(
-            family=family, vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
+            vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
             num_hidden_layers=hf_config.num_hidden_layers, num_attention_heads=hf_config.num_attention_heads,
             intermediate_size=hf_config.intermediate_size, hidden_act=hf_config.hidden_act,
             hidden_dropout_prob=hf_config.hidden_dropout_prob,
@@ -238,13 +240,12 @@ def config_from_hf(hf_config, **overrides):
             max_position_embeddings=hf_config.max_position_embeddings, type_vocab_size=hf_config.type_vocab_size,
             layer_norm_eps=hf_config.layer_norm_eps, initializer_range=hf_config.initializer_range,
             embedding_size=getattr(hf_config, "embedding_size", None) or hf_config.hidden_size,
-            is_causal=bool(getattr(hf_config, "is_decoder", False)),
             tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", True),
+            **family_switches(family, hf_config.hidden_act),
         )
-        if family == "roformer":
-            if getattr(hf_config, "rotary_value", False):
-                raise ValueError("RoFormer checkpoints with rotary_value=True are not supported")
-            kw.update(position_embedding_type="rotary", pooler_activation=hf_config.hidden_act)
+        kw["is_causal"] = bool(getattr(hf_config, "is_decoder", False))  # BertLMHeadModel / RoFormerForCausalLM
+        if family == "roformer" and getattr(hf_config, "rotary_value", False):
+            raise ValueError("RoFormer checkpoints with rotary_value=True are not supported")
         if family == "albert":
             if hf_config.inner_group_num != 1:
                 raise ValueError(f"ALBERT inner_group_num={hf_config.inner_group_num} is not supported (only 1)")
@@ -271,27 +272,16 @@ def transformers_family(config) -> str:
         blockers.append("no position embeddings (position_embedding_type='none')")
     if norm == "pre":
         family = "gpt2"
-        checks = [
-            (pos == "learned", "pre-LN with rotary positions"),
-            (config.is_causal, "a bidirectional pre-LN model"),
-            (config.type_vocab_size == 0, "token type embeddings in a GPT2-style model"),
-            (not config.lm_head_transform and not config.lm_head_bias, "an LM head transform/bias in a GPT2-style model"),
-            (not factorized and not shared, "factorized or shared layers in a GPT2-style model"),
-            (config.pooler_activation is None and config.classifier_pooling == "last" and not config.classifier_bias,
-             "a pooler, first-token pooling or classifier bias in a GPT2-style model"),
-        ]
+        checks = [(not factorized and not shared, "factorized or shared layers in a GPT2-style model")]
     else:
         family = "roformer" if pos == "rotary" else ("albert" if shared or factorized or config.family == "albert" else "bert")
-        checks = [
-            (config.type_vocab_size > 0, "no token type embeddings in a post-LN model"),
-            (config.lm_head_transform and config.lm_head_bias, "an LM head without transform/bias in a post-LN model"),
-            (config.classifier_pooling == "first" and config.classifier_bias, "last-token pooling in a post-LN model"),
-            (family == "roformer" or config.pooler_activation == "tanh",
-             f"pooler activation {config.pooler_activation!r} (transformers {family} uses tanh)"),
-            (family != "roformer" or config.pooler_activation in (None, config.hidden_act),
-             "a RoFormer pooler activation different from hidden_act"),
-            (family != "roformer" or not shared, "shared layers with rotary positions"),
-        ]
+        checks = [(config.type_vocab_size > 0, "no token type embeddings in a post-LN model"),
+                  (family != "roformer" or not shared, "shared layers with rotary positions")]
+    for key, want in family_switches(family, config.hidden_act).items():
+        have = getattr(config, key)
+        if key == "family" or (key == "pooler_activation" and family == "roformer" and have is None):
+            continue  # `family` is a hint; a RoFormer without pooler exports (RoFormerModel has none)
+        checks.append((have == want, f"{key}={have!r} (transformers {family} needs {want!r})"))
     blockers += [what for ok, what in checks if not ok]
     if blockers:
         raise ValueError("cannot export to plain transformers: the config uses " + "; ".join(blockers))
@@ -328,18 +318,18 @@ def config_to_hf(config, family: str):
     )
 
 
-# Suji class -> transformers class per family (None: the family has no such head).
+# A model's `export_kind` -> transformers class per family (None: the family has no such head).
 EXPORT_CLASSES = {
-    "SujiModel": {"bert": "BertModel", "roformer": "RoFormerModel", "albert": "AlbertModel", "gpt2": "GPT2Model"},
-    "SujiForMaskedLM": {"bert": "BertForMaskedLM", "roformer": "RoFormerForMaskedLM", "albert": "AlbertForMaskedLM"},
+    "model": {"bert": "BertModel", "roformer": "RoFormerModel", "albert": "AlbertModel", "gpt2": "GPT2Model"},
+    "masked_lm": {"bert": "BertForMaskedLM", "roformer": "RoFormerForMaskedLM", "albert": "AlbertForMaskedLM"},
     # UniLM weights are plain MLM weights (the mask is not a parameter): export them as such.
-    "SujiForUniLM": {"bert": "BertForMaskedLM", "roformer": "RoFormerForMaskedLM", "albert": "AlbertForMaskedLM"},
-    "SujiForCausalLM": {"bert": "BertLMHeadModel", "roformer": "RoFormerForCausalLM", "gpt2": "GPT2LMHeadModel"},
-    "SujiForSequenceClassification": {
+    "unilm": {"bert": "BertForMaskedLM", "roformer": "RoFormerForMaskedLM", "albert": "AlbertForMaskedLM"},
+    "causal_lm": {"bert": "BertLMHeadModel", "roformer": "RoFormerForCausalLM", "gpt2": "GPT2LMHeadModel"},
+    "sequence_classification": {
         "bert": "BertForSequenceClassification", "roformer": "RoFormerForSequenceClassification",
         "albert": "AlbertForSequenceClassification", "gpt2": "GPT2ForSequenceClassification",
     },
-    "SujiForTokenClassification": {
+    "token_classification": {
         "bert": "BertForTokenClassification", "roformer": "RoFormerForTokenClassification",
         "albert": "AlbertForTokenClassification", "gpt2": "GPT2ForTokenClassification",
     },
@@ -354,21 +344,19 @@ def export_to_transformers(model, save_directory, **save_kwargs):
     Raises ValueError naming the feature when the config uses something transformers lacks.
     """
     family = transformers_family(model.config)
-    kind = type(model).__name__
+    kind = getattr(model, "export_kind", None)
     hf_name = EXPORT_CLASSES.get(kind, {}).get(family)
     if hf_name is None:
-        raise ValueError(f"transformers has no {family} counterpart of {kind}")
+        raise ValueError(f"transformers has no {family} counterpart of {type(model).__name__} (export_kind {kind!r})")
     hf_config = config_to_hf(model.config, family)
-    if kind == "SujiForUniLM":
-        hf_config.is_decoder = False
-    if kind == "SujiForCausalLM":
-        hf_config.is_decoder = True
+    if kind in ("unilm", "causal_lm"):
+        hf_config.is_decoder = kind == "causal_lm"
     hf_model = getattr(transformers, hf_name)(hf_config)
-    prefix = "" if kind == "SujiModel" else BASE_PREFIX[family] + "."
-    rules = head_rules(family, sequence_classifier=kind == "SujiForSequenceClassification")
+    prefix = "" if kind == "model" else BASE_PREFIX[family] + "."
+    rules = head_rules(family, sequence_classifier=kind == "sequence_classification")
     state, unmapped = suji_to_hf_state_dict(model.state_dict(), family, prefix, rules)
     # RoFormerModel has no pooler: a bare RoFormer backbone's pooler is the only thing left behind.
-    dropped = [k for k in unmapped if family == "roformer" and kind == "SujiModel" and k.startswith("pooler.")]
+    dropped = [k for k in unmapped if family == "roformer" and kind == "model" and k.startswith("pooler.")]
     if set(unmapped) - set(dropped):
         raise ValueError(f"transformers {hf_name} has no place for Suji weights {sorted(set(unmapped) - set(dropped))}")
     if dropped:
