@@ -43,7 +43,8 @@ from ..tasks.metrics import scores_from_counts
 from ..tasks.output import write_jsonl
 from ..tasks.readers import split_examples
 from .data import RowSource
-from .loop import (TrainArgs, deepspeed_config, finish_distributed, init_distributed, release_zero3_hook, save_final,
+from .checkpoint import save_final
+from .loop import (Evaluation, TrainArgs, deepspeed_config, finish_distributed, init_distributed, release_zero3_hook,
                    train)
 from .options import option, parse_args
 
@@ -140,6 +141,10 @@ class Task:
         if path:
             return self.model_class.from_pretrained(path, config=config)
         return self.model_class(config)
+
+    def step_hooks(self, args):
+        """A `training.loop.StepHooks` when the task changes the training step (training tricks), else None."""
+        return None
 
     # ---- evaluation and prediction ---------------------------------------------------------------
     def predict(self, model, examples, forward) -> list:
@@ -332,10 +337,10 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
         return numbers
 
     started = time.time()
+    evaluation = Evaluation(evaluate, eval_steps, task.best_metric, task.greater_is_better) if dev_examples else None
     losses, engine = train(lambda: task.build_model(config, common.model or None), batches, args,
-                           save_files=task.tokenizer.save_pretrained, evaluate=evaluate if dev_examples else None,
-                           eval_steps=eval_steps, best_metric=task.best_metric,
-                           greater_is_better=task.greater_is_better)
+                           save_files=task.tokenizer.save_pretrained, evaluation=evaluation,
+                           hooks=task.step_hooks(args))
     if not dev_examples:
         save_final(engine, args.output_dir, task.tokenizer, export=False)
     release_zero3_hook()

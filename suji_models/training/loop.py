@@ -11,9 +11,9 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .errors import UserError, as_user_errors
 from .errors import unlink_shm_allreduce_buffer as _unlink_shm_allreduce_buffer  # noqa: F401 (was defined here)
+from .checkpoint import complete_checkpoints, save_best, save_checkpoint, stored_best
 from .options import option
 
 
@@ -163,13 +164,6 @@ def lr_lambda(args: TrainArgs):
     return factor
 
 
-def _checkpoints(output_dir: Path):
-    """Complete checkpoints, oldest first. A checkpoint counts only once its COMPLETE marker exists,
-    which rank 0 writes after every rank has finished writing (a barrier in between)."""
-    found = [p for p in output_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 class Logger:
     def __init__(self, args: TrainArgs, rank: int, config: dict):
         self.rank, self.run = rank, None
@@ -224,91 +218,77 @@ def release_zero3_hook() -> None:
     _HF_DS_CONFIG = None
 
 
+@dataclass
+class Evaluation:
+    """Periodic evaluation: `evaluate(engine, step) -> dict` runs on every rank (and must return the
+    same numbers everywhere, e.g. from counts summed across ranks) every `every` optimizer steps and
+    after the last one; when `best_metric` improves, the consolidated weights go to `output_dir/best`."""
+
+    evaluate: Callable
+    every: int
+    best_metric: str | None = None
+    greater_is_better: bool = True
+
+
+@dataclass
+class StepHooks:
+    """How a training trick changes the step (every field optional; the defaults are the plain step).
+
+    `forward_backward(engine, batch) -> loss` runs the forward pass(es) and `engine.backward` (R-Drop,
+    adversarial training, gradient penalty); `before_step(engine)` runs after backward and before
+    `engine.step()` (a gradient mask such as ChildTuning's) and `after_step(engine)` after it (EMA);
+    both run every micro-step: `engine.is_gradient_accumulation_boundary()` tells when the optimizer
+    really steps. `optimizer(model, args)` builds the optimizer (AdaX, layer-wise learning rates)."""
+
+    forward_backward: Callable | None = None
+    before_step: Callable | None = None
+    after_step: Callable | None = None
+    optimizer: Callable | None = None
+
+
+def _plain_forward_backward(engine, batch):
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    return loss
+
+
 def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_files=None,
-          evaluate=None, eval_steps: int = 0, best_metric: str | None = None, greater_is_better: bool = True):
+          evaluation: Evaluation | None = None, hooks: StepHooks | None = None):
     """Train the model built by `model_fn()` with DeepSpeed on `batches(micro_step, rank, world)`.
 
     `batches` must be a pure function of its arguments (see the module docstring); so is dropout,
-    which is reseeded from (seed, step, rank) every micro-step. `save_files(dir)` writes extra files
-    (config, tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine.
-
-    Periodic evaluation (optional, added for the finetuning recipes; pretraining passes nothing and
-    runs exactly as before): with `evaluate(engine, step) -> dict` and `eval_steps > 0` the loop
-    calls `evaluate` on every rank (it must return the same numbers everywhere, e.g. from
-    all-reduced counts) every `eval_steps` optimizer steps and after the last step, logs the numbers
-    as `eval_*`, and, when `best_metric` improves, writes the consolidated weights to
-    `output_dir/best` (`save_pretrained` + `save_files` + `eval_metrics.json`). The engine is in
-    eval mode during the call. Batches and dropout are reseeded from the step every micro-step, so
-    evaluating changes nothing in training and a resumed run still equals an uninterrupted one.
-    """
-    import deepspeed
-
+    which is reseeded from (seed, step, rank) every micro-step, so evaluating changes nothing in
+    training and a resumed run equals an uninterrupted one. `save_files(dir)` writes extra files
+    (tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine."""
     rank, world = init_distributed()
+    hooks = hooks or StepHooks()
+    engine, scheduler, config, flops_per_token = _start_engine(model_fn, args, world, flops_per_token, hooks)
     output_dir = Path(args.output_dir)
-    config = deepspeed_config(args, world)
-    torch.manual_seed(args.seed)
-    model = build_model(model_fn, config)
-    if callable(flops_per_token):  # a function of the built model's config (for MFU on GPU)
-        flops_per_token = flops_per_token(model.config)
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = build_optimizer(model, args)
-    # A factory, so the schedule is built on the optimizer DeepSpeed wraps (ZeRO-3 regroups parameters).
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args)))
-
-    start = 0
-    if args.resume and (done := _checkpoints(output_dir)):
-        _, client = engine.load_checkpoint(str(done[-1]), tag="state")
-        start = client["step"]
-        if rank == 0:
-            print(f"resumed from {done[-1]} at step {start}", flush=True)
-
+    start = _resume(engine, output_dir, args.resume, rank)
     log = Logger(args, rank, config)
-    best = _stored_best(output_dir, start, best_metric) if evaluate is not None else None
-    losses, tokens, t0 = [], 0, time.time()
+    best = stored_best(output_dir, start, evaluation.best_metric) if evaluation else None
+    losses, meter = [], _Throughput()
     bar = tqdm(total=args.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
     engine.train()
     for step in range(start, args.max_steps):
-        for micro in range(args.gradient_accumulation_steps):
-            index = step * args.gradient_accumulation_steps + micro
-            torch.manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)  # dropout, per (step, rank)
-            batch = batches(index, rank, world)
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-            batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-        loss_value = loss.detach().float()
-        dist.all_reduce(loss_value)
-        loss_value = loss_value.item() / world
-        done_steps = step + 1
-        if done_steps % args.log_steps == 0 or done_steps == args.max_steps:
-            elapsed = time.time() - t0
-            metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens/s": tokens * world / elapsed}
-            if flops_per_token and torch.cuda.is_available():
-                metrics["mfu"] = flops_per_token * metrics["tokens/s"] / (peak_flops() * world)
-            if config["fp16"]["enabled"]:  # dynamic loss scaling: how often it overflowed, and the scale
-                metrics["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", 0.0))
-                metrics["skipped_steps"] = int(engine.skipped_steps)
-            log.log(done_steps, metrics)
-            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens/s']:.0f}")
-            tokens, t0 = 0, time.time()
+        loss = _train_step(engine, batches, args, step, rank, world, hooks, meter)
+        done = step + 1
+        losses.append((done, loss))
         bar.update(1)
-        losses.append((done_steps, loss_value))
-        if evaluate is not None and eval_steps > 0 and (done_steps % eval_steps == 0 or done_steps == args.max_steps):
-            eval_started = time.time()
-            best = _evaluate_and_keep_best(engine, evaluate, done_steps, output_dir, log, best, best_metric,
-                                           greater_is_better, rank, save_files)
-            t0 += time.time() - eval_started  # evaluation time does not count as training throughput
-        if done_steps == args.stop_at_step and done_steps < args.max_steps:
-            save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank, save_files)
+        if done % args.log_steps == 0 or done == args.max_steps:
+            metrics = _progress(engine, scheduler, config, loss, meter, world, flops_per_token)
+            log.log(done, metrics)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens/s']:.0f}")
+        if evaluation and (done % evaluation.every == 0 or done == args.max_steps):
+            with meter.paused():  # evaluation time does not count as training throughput
+                best = _evaluate_and_keep_best(engine, evaluation, done, output_dir, log, best, rank, save_files)
+        if done == args.stop_at_step and done < args.max_steps:
+            save_checkpoint(engine, output_dir, done, args.save_total_limit, rank, save_files)
             if rank == 0:
-                print(f"stopped at step {done_steps} as asked; run again to resume", flush=True)
+                print(f"stopped at step {done} as asked; run again to resume", flush=True)
             break
-        if args.save_steps and done_steps % args.save_steps == 0 and done_steps < args.max_steps:
-            save_checkpoint(engine, output_dir, done_steps, args.save_total_limit, rank, save_files)
+        if args.save_steps and done % args.save_steps == 0 and done < args.max_steps:
+            save_checkpoint(engine, output_dir, done, args.save_total_limit, rank, save_files)
     bar.close()
     log.close()
     if rank == 0 and not (args.stop_at_step and losses and losses[-1][0] == args.stop_at_step):
@@ -316,48 +296,101 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
     return losses, engine
 
 
-def _stored_best(output_dir: Path, start: int, best_metric: str | None):
-    """The best metric value an earlier part of this run kept (when resuming), else None."""
-    stored = output_dir / "best" / "eval_metrics.json"
-    if not best_metric or start == 0 or not stored.is_file():
-        return None
-    record = json.loads(stored.read_text())
-    return record["metrics"].get(best_metric) if record.get("step", start + 1) <= start else None
+def _start_engine(model_fn, args: TrainArgs, world: int, flops_per_token, hooks: StepHooks):
+    """Model, optimizer and schedule wrapped by DeepSpeed: (engine, scheduler, config, FLOPs per token)."""
+    import deepspeed
+
+    config = deepspeed_config(args, world)
+    torch.manual_seed(args.seed)
+    model = build_model(model_fn, config)
+    if callable(flops_per_token):  # a function of the built model's config (for MFU on GPU)
+        flops_per_token = flops_per_token(model.config)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = (hooks.optimizer or build_optimizer)(model, args)
+    # A factory, so the schedule is built on the optimizer DeepSpeed wraps (ZeRO-3 regroups parameters).
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args)))
+    return engine, scheduler, config, flops_per_token
 
 
-def _evaluate_and_keep_best(engine, evaluate, step, output_dir, log, best, best_metric, greater_is_better, rank,
-                            save_files):
+def _resume(engine, output_dir: Path, resume: bool, rank: int) -> int:
+    """Load the newest complete checkpoint (when asked and there is one); the step to start from."""
+    if not (resume and (done := complete_checkpoints(output_dir))):
+        return 0
+    _, client = engine.load_checkpoint(str(done[-1]), tag="state")
+    if rank == 0:
+        print(f"resumed from {done[-1]} at step {client['step']}", flush=True)
+    return client["step"]
+
+
+def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: int, hooks: StepHooks, meter) -> float:
+    """One optimizer step (its micro-steps); the loss of the last micro-step, averaged over ranks."""
+    forward_backward = hooks.forward_backward or _plain_forward_backward
+    for micro in range(args.gradient_accumulation_steps):
+        index = step * args.gradient_accumulation_steps + micro
+        torch.manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)  # dropout, per (step, rank)
+        batch = batches(index, rank, world)
+        meter.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss = forward_backward(engine, batch)
+        if hooks.before_step:
+            hooks.before_step(engine)
+        engine.step()
+        if hooks.after_step:
+            hooks.after_step(engine)
+    loss = loss.detach().float()
+    dist.all_reduce(loss)
+    return loss.item() / world
+
+
+class _Throughput:
+    """Tokens per second since the last progress line, not counting evaluation."""
+
+    def __init__(self):
+        self.tokens, self.since = 0, time.time()
+
+    def rate(self, world: int) -> float:
+        value = self.tokens * world / max(time.time() - self.since, 1e-9)
+        self.tokens, self.since = 0, time.time()
+        return value
+
+    @contextlib.contextmanager
+    def paused(self):
+        started = time.time()
+        yield
+        self.since += time.time() - started
+
+
+def _progress(engine, scheduler, config: dict, loss: float, meter: _Throughput, world: int, flops_per_token) -> dict:
+    metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "tokens/s": meter.rate(world)}
+    if flops_per_token and torch.cuda.is_available():
+        metrics["mfu"] = flops_per_token * metrics["tokens/s"] / (peak_flops() * world)
+    if config["fp16"]["enabled"]:  # dynamic loss scaling: how often it overflowed, and the scale
+        metrics["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", 0.0))
+        metrics["skipped_steps"] = int(engine.skipped_steps)
+    return metrics
+
+
+def _evaluate_and_keep_best(engine, evaluation: Evaluation, step, output_dir, log, best, rank, save_files):
     engine.eval()
     with torch.no_grad():
-        metrics = evaluate(engine, step)
+        metrics = evaluation.evaluate(engine, step)
     engine.train()
     log.log(step, {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-    if not best_metric:
+    name = evaluation.best_metric
+    if not name:
         return best
-    if best_metric not in metrics:
-        raise KeyError(f"evaluate() returned {sorted(metrics)}, without best_metric {best_metric!r}")
-    value = metrics[best_metric]
-    if best is None or (value > best if greater_is_better else value < best):
+    if name not in metrics:
+        raise KeyError(f"evaluate() returned {sorted(metrics)}, without best_metric {name!r}")
+    value = metrics[name]
+    if best is None or (value > best if evaluation.greater_is_better else value < best):
         save_best(engine, output_dir, step, metrics, rank, save_files)
         if rank == 0:
-            print(f"new best {best_metric} {value:.4f} at step {step}: saved {Path(output_dir) / 'best'}", flush=True)
+            print(f"new best {name} {value:.4f} at step {step}: saved {Path(output_dir) / 'best'}", flush=True)
         return value
     return best
-
-
-def save_best(engine, output_dir, step: int, metrics: dict, rank: int, save_files=None):
-    """Consolidated weights, `save_files` and the metrics in `output_dir/best`; every rank calls it."""
-    state = consolidated_state_dict(engine)
-    path = Path(output_dir) / "best"
-    if rank == 0:
-        if path.exists():
-            shutil.rmtree(path)
-        engine.module.save_pretrained(path, state_dict={k: v.float() for k, v in state.items()})
-        if save_files is not None:
-            save_files(path)
-        record = {"step": step, "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}}
-        (path / "eval_metrics.json").write_text(json.dumps(record, indent=2))
-    dist.barrier()
 
 
 def peak_flops() -> float:
@@ -369,63 +402,3 @@ def peak_flops() -> float:
         if key in name:
             return tflops * 1e12
     return 989e12
-
-
-def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None):
-    path = output_dir / f"checkpoint-{step}"
-    engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
-    dist.barrier()  # every rank has written its shard
-    if rank == 0:
-        engine.module.config.save_pretrained(path)  # so the checkpoint can be consolidated on its own
-        if save_files is not None:
-            save_files(path)
-        (path / "COMPLETE").write_text(str(step))
-        for old in _checkpoints(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-
-
-def consolidated_state_dict(engine) -> dict | None:
-    """Full fp32 weights on rank 0 (gathered from ZeRO-3 shards when needed); None on other ranks."""
-    if engine.zero_optimization_partition_weights():
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = engine.module.state_dict()
-    return state if dist.get_rank() == 0 else None
-
-
-def save_final(engine, output_dir, tokenizer=None, export: bool = True, probe: dict | None = None) -> Path | None:
-    """Write a `from_pretrained` checkpoint (and tokenizer); also a plain transformers copy when the
-    config allows it. With `probe` (a batch), check that the saved checkpoint reproduces the
-    engine's logits and print the largest difference. Returns the checkpoint path on rank 0."""
-    engine_logits = None
-    if probe is not None:  # every rank takes part (ZeRO-3 gathers parameters in the forward)
-        engine.eval()
-        with torch.no_grad():
-            engine_logits = engine(**{k: v.to(engine.device) for k, v in probe.items()}).logits.float().cpu()
-    state = consolidated_state_dict(engine)
-    release_zero3_hook()
-    final = Path(output_dir) / "final"
-    if dist.get_rank() == 0:
-        model = engine.module
-        model.save_pretrained(final, state_dict={k: v.float() for k, v in state.items()})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(final)
-        if engine_logits is not None:
-            reloaded = type(model).from_pretrained(final).eval()
-            with torch.no_grad():
-                diff = (reloaded(**probe).logits.float() - engine_logits).abs().max().item()
-            print(f"export check: saved checkpoint reproduces the engine's logits (max |diff| {diff:.2e})", flush=True)
-        if export:
-            from ..convert.hf import export_to_transformers, transformers_family
-
-            try:
-                transformers_family(model.config)
-            except ValueError as why:
-                print(f"not exported to plain transformers: {why}", flush=True)
-            else:  # export from the saved full weights (the live module may hold ZeRO-3 shards)
-                export_to_transformers(type(model).from_pretrained(final), Path(output_dir) / "final-transformers")
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(Path(output_dir) / "final-transformers")
-    dist.barrier()
-    return final if dist.get_rank() == 0 else None

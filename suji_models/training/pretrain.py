@@ -31,7 +31,8 @@ from .data import (
 )
 from ..convert.loading import checkpoint_config
 from .errors import as_user_errors, check_resume
-from .loop import TrainArgs, deepspeed_config, finish_distributed, init_distributed, save_final, train
+from .checkpoint import save_final
+from .loop import TrainArgs, deepspeed_config, finish_distributed, init_distributed, train
 
 
 @dataclass
