@@ -4,27 +4,95 @@
 #   ./launch.sh pretrain [CONFIG] [args...]  pretrain (default: tiny RoFormer MLM on the embedded corpus)
 #   ./launch.sh finetune TASK [args...]      run finetune/TASK.py
 #   ./launch.sh python [args...]             python inside the project environment
+#   ./launch.sh newest [pytest args]         the parity + generation tests (-m upstream) on the newest versions
+#                                            pyproject.toml allows, in .venv-newest (CI runs it)
+#   ./launch.sh lock                         refresh constraints.txt: newest allowed versions, whole suite, freeze
 # Environment: SUJI_VENV (default .venv beside this script), SUJI_CPU_PROCS (CPU processes, default 2),
-# SUJI_HOSTFILE (DeepSpeed hostfile for several GPU nodes).
+# SUJI_HOSTFILE (DeepSpeed hostfile for several GPU nodes), SUJI_MASTER_PORT (default 29500),
+# SUJI_NEWEST_VENV (default .venv-newest).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${SUJI_VENV:-$ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3}"
 
-setup() {
-    if [ ! -x "$VENV/bin/python" ]; then
+CONSTRAINTS="$ROOT/constraints.txt"  # the exact versions the test suite passed on (./launch.sh lock)
+KEY_PACKAGES="torch deepspeed transformers datasets tokenizers safetensors accelerate huggingface_hub numpy"
+
+make_venv() {
+    if [ ! -x "$1/bin/python" ]; then
         "$PYTHON_BIN" -c 'import sys; assert sys.version_info >= (3, 10), "Suji needs Python >= 3.10"'
-        "$PYTHON_BIN" -m venv "$VENV"
+        "$PYTHON_BIN" -m venv "$1"
     fi
-    # Reinstall only when the project's dependencies changed (the stamp holds pyproject's hash).
+}
+
+# The lock was made on one Python (its first line says which); another Python installs from the ranges.
+lock_args() {
+    [ -f "$CONSTRAINTS" ] || return 0
     local want have
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    want="$(sed -n 's/^# python \([0-9.]*\).*/\1/p' "$CONSTRAINTS" | head -1)"
+    have="$("$1/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    if [ -n "$want" ] && [ "$want" != "$have" ]; then
+        echo "[launch] constraints.txt was tested on Python $want, this is $have: installing from pyproject.toml's ranges" >&2
+        return 0
+    fi
+    echo "-c $CONSTRAINTS"
+}
+
+setup() {
+    make_venv "$VENV"
+    # Reinstall only when the dependencies or the lock changed (the stamp holds both files' hash).
+    local want have
+    want="$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" 2>/dev/null | sha256sum | cut -d' ' -f1)"
     have="$(cat "$VENV/.suji-installed" 2>/dev/null || true)"
     if [ "$want" != "$have" ]; then
-        echo "[launch] installing Suji into $VENV (once) ..." >&2
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]" >&2
+        echo "[launch] installing Suji and the tested versions (constraints.txt) into $VENV ..." >&2
+        # shellcheck disable=SC2046
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]" $(lock_args "$VENV") >&2
         echo "$want" > "$VENV/.suji-installed"
     fi
+}
+
+key_versions() {  # one line: the versions of the packages Suji's parity depends on
+    "$1/bin/python" - $KEY_PACKAGES <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+def v(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+print(", ".join(f"{n} {v(n)}" for n in sys.argv[1:]) + f", python {sys.version.split()[0]}")
+PY
+}
+
+# What moved since the lock: "transformers 5.24.0 -> 5.25.0, ..." (empty when nothing did).
+moved_since_lock() {
+    [ -f "$CONSTRAINTS" ] || return 0
+    "$1/bin/python" - "$CONSTRAINTS" <<'PY'
+import re, sys
+from importlib.metadata import distributions
+locked = {}
+for line in open(sys.argv[1], encoding="utf-8"):
+    m = re.match(r"([A-Za-z0-9_.-]+)==([^\s;#]+)", line)
+    if m:
+        locked[re.sub(r"[-_.]+", "-", m[1]).lower()] = m[2]
+moved = []
+for d in distributions():
+    name = re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
+    if name in locked and locked[name] != d.version.split("+")[0]:
+        moved.append(f"{name} {locked[name]} -> {d.version}")
+print(", ".join(sorted(moved)))
+PY
+}
+
+# A second environment with the newest versions pyproject.toml allows (no lock), for `newest` and `lock`.
+setup_newest() {
+    NEWEST="${SUJI_NEWEST_VENV:-$ROOT/.venv-newest}"
+    make_venv "$NEWEST"
+    echo "[launch] installing the newest versions pyproject.toml allows into $NEWEST ..." >&2
+    "$NEWEST/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
+        -e "$ROOT[dev]" >&2
+    echo "[launch] newest stack: $(key_versions "$NEWEST")" >&2
 }
 
 num_gpus() {
@@ -36,14 +104,48 @@ distributed() {
     local script="$1"; shift
     local gpus; gpus="$(num_gpus)"
     export PYTHONUNBUFFERED=1
+    local port=()  # concurrent jobs on one machine need distinct ports (DeepSpeed's default is 29500)
+    [ -n "${SUJI_MASTER_PORT:-}" ] && port=(--master_port "$SUJI_MASTER_PORT")
     if [ "$gpus" -gt 0 ]; then
         local hostfile=()
         [ -n "${SUJI_HOSTFILE:-}" ] && hostfile=(--hostfile "$SUJI_HOSTFILE")
-        exec "$VENV/bin/deepspeed" "${hostfile[@]}" --num_gpus "$gpus" "$script" "$@"
+        run_ranks "$VENV/bin/deepspeed" "${hostfile[@]}" "${port[@]}" --num_gpus "$gpus" "$script" "$@"
     fi
     # CPU: one thread per process (the launcher does not set it; without it training is ~4x slower).
     export OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu
-    exec "$VENV/bin/deepspeed" --num_gpus "${SUJI_CPU_PROCS:-2}" "$script" "$@"
+    run_ranks "$VENV/bin/deepspeed" "${port[@]}" --num_gpus "${SUJI_CPU_PROCS:-2}" "$script" "$@"
+}
+
+# Run the launcher and end with the failing rank's one-line message, after the launcher's own exit
+# lines (suji_models/training/errors.py records it in $SUJI_ERROR_FILE). SIGTERM / SIGINT go on to the
+# launcher, which stops the ranks.
+run_ranks() {
+    local errfile status pid
+    errfile="$(mktemp "${TMPDIR:-/tmp}/suji-error.XXXXXX")"
+    rm -f "$errfile"  # the first failing rank creates it
+    export SUJI_ERROR_FILE="$errfile" SUJI_ERROR_PRINTED_BY_LAUNCHER=1
+    trap 'rm -f "$errfile"' EXIT
+    # Its own process group, so that a stop reaches every process: the single-node `deepspeed` runner has
+    # no SIGTERM handler and would die alone, leaving the ranks running. Ranks exit quietly on SIGTERM
+    # (and remove their shm buffers); SIGINT is forwarded as SIGTERM, which the runner takes without a traceback.
+    local group=() stop=""
+    command -v setsid >/dev/null 2>&1 && group=(setsid)
+    "${group[@]}" "$@" &
+    pid=$!
+    trap 'stop=143; kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null' TERM
+    trap 'stop=130; kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null' INT
+    status=0
+    wait "$pid" || status=$?
+    while kill -0 "$pid" 2>/dev/null; do  # woken by a forwarded signal: wait for the launcher to finish
+        status=0
+        wait "$pid" || status=$?
+    done
+    [ -z "$stop" ] || status="$stop"
+    if [ -s "$errfile" ]; then
+        echo "error: $(head -c 4000 "$errfile")" >&2
+        [ "$status" -ne 0 ] || status=1
+    fi
+    exit "$status"
 }
 
 cmd="${1:-help}"; shift || true
@@ -69,8 +171,32 @@ case "$cmd" in
         exec "$VENV/bin/python" "$@" ;;
     setup)
         setup ;;
+    newest)
+        # CI: parity and generation against the newest releases; a failure names what moved since the lock.
+        setup_newest
+        cd "$ROOT"
+        status=0
+        "$NEWEST/bin/python" -m pytest -q -m upstream -p no:cacheprovider "$@" || status=$?
+        if [ "$status" -ne 0 ]; then
+            echo "error: the parity / generation tests fail on the newest versions pyproject.toml allows" \
+                 "($(key_versions "$NEWEST")); moved since constraints.txt: $(moved_since_lock "$NEWEST")" >&2
+        fi
+        exit "$status" ;;
+    lock)
+        # Newest allowed versions, the whole default suite on them, then their exact versions -> constraints.txt.
+        setup_newest
+        cd "$ROOT"
+        "$NEWEST/bin/python" -m pytest -q -p no:cacheprovider "$@"
+        {
+            echo "# python $("$NEWEST/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+                 "- the exact versions './launch.sh test' passed on ($(date -u +%Y-%m-%d), $(uname -sm))."
+            echo "# launch.sh installs with them (pip -c); refresh with ./launch.sh lock. Local labels (+cpu) dropped."
+            "$NEWEST/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check | sed 's/+[A-Za-z0-9.]*$//'
+        } > "$CONSTRAINTS.tmp"
+        mv "$CONSTRAINTS.tmp" "$CONSTRAINTS"
+        echo "[launch] wrote $CONSTRAINTS ($(grep -c '==' "$CONSTRAINTS") pins); moved: $(moved_since_lock "$VENV")" >&2 ;;
     help|-h|--help)
-        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
     *)
-        echo "unknown command '$cmd'" >&2; sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+        echo "unknown command '$cmd'" >&2; sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -11,9 +11,10 @@ Options: see `suji_models.training.pretrain.DataArgs` and `suji_models.training.
 from pathlib import Path
 
 from suji_models import SujiForMaskedLM
+from suji_models.training.errors import run_main
 from suji_models.training.pretrain import run
 
 DATA = Path(__file__).resolve().parent / "data"
 
 if __name__ == "__main__":
-    run("mlm", SujiForMaskedLM, train_file=str(DATA / "peoples_daily_1998_sample.txt"), tokenizer=str(DATA / "vocab.txt"))
+    run_main(run, "mlm", SujiForMaskedLM, train_file=str(DATA / "peoples_daily_1998_sample.txt"), tokenizer=str(DATA / "vocab.txt"))

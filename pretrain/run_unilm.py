@@ -8,7 +8,8 @@ Options: see `suji_models.training.pretrain.DataArgs` and `suji_models.training.
 """
 
 from suji_models import SujiForUniLM
+from suji_models.training.errors import run_main
 from suji_models.training.pretrain import run
 
 if __name__ == "__main__":
-    run("unilm", SujiForUniLM, output_dir="runs/unilm")
+    run_main(run, "unilm", SujiForUniLM, output_dir="runs/unilm")

@@ -8,6 +8,7 @@ configured by `SujiConfig`; nothing here is family-specific code.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -35,6 +36,43 @@ from .attention import (
     rotary_cos_sin,
 )
 from .configuration import SujiConfig
+
+
+# transformers renamed the KV cache from `past_key_values` to `cache` in 5.24 (inputs of `forward`
+# and `prepare_inputs_for_generation`, and the output field); the old name is accepted until 5.40.
+# Suji takes both and writes its outputs under whichever field the installed version declares.
+CACHE_OUTPUT_FIELD = (
+    "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+)
+
+
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None, kwargs: dict) -> Cache | None:
+    """The one KV cache a forward was given, under the new name or the old one. A `Cache` that
+    arrives under any other keyword is an error, not silently ignored: if transformers renames
+    the argument again, generation must fail loudly instead of running without its cache."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache once, as `cache` (or the deprecated `past_key_values`), not both")
+    stray = [key for key, value in kwargs.items() if isinstance(value, Cache)]
+    if stray:
+        import transformers
+
+        raise TypeError(
+            f"Suji received a KV cache as `{stray[0]}`, a name it does not know (transformers "
+            f"{transformers.__version__}); it takes `cache` or `past_key_values`"
+        )
+    return cache if cache is not None else past_key_values
+
+
+def keep_last_logits(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """transformers' `logits_to_keep`: an int keeps the last N positions (0 keeps all), a 1D tensor
+    those positions, a 2D integer tensor per-row positions, a 2D bool tensor a mask (flattened)."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.ndim == 2:
+            if logits_to_keep.dtype == torch.bool:
+                return hidden[logits_to_keep]
+            return torch.take_along_dim(hidden, logits_to_keep[..., None], dim=1)
+        return hidden[:, logits_to_keep]
+    return hidden[:, -logits_to_keep:] if logits_to_keep else hidden
 
 
 class SujiEmbeddings(nn.Module):
@@ -231,6 +269,9 @@ class SujiPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["SujiLayer"]
+    # Which transformers head class this model exports to (convert.hf.EXPORT_CLASSES); None: no counterpart.
+    # An attribute, not the class name, so that subclasses export as their parent does.
+    export_kind: str | None = None
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -263,6 +304,8 @@ class SujiPreTrainedModel(PreTrainedModel):
 
 
 class SujiModel(SujiPreTrainedModel):
+    export_kind = "model"
+
     def __init__(self, config: SujiConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = SujiEmbeddings(config)
@@ -283,27 +326,34 @@ class SujiModel(SujiPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         mask_kind: str | None = None,
         document_ids: torch.LongTensor | None = None,
         prefix_lengths: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        cache_position: torch.LongTensor | None = None,
         **kwargs,
     ):
         """`mask_kind`: bidirectional | causal | unilm (segments from token_type_ids) | prefix (the
         first `prefix_lengths[b]` tokens of row b see each other, the rest is causal). `document_ids`
         packs several documents per row: attention stays inside each document and positions restart
-        at every document start."""
+        at every document start. The KV cache comes as `cache` (transformers >= 5.24) or
+        `past_key_values` (earlier); `cache_position` (older `generate()`) only confirms the offset."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = resolve_cache(cache, past_key_values, kwargs)
         batch, length = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         mask_kind = mask_kind or ("causal" if self.config.is_causal else "bidirectional")
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past = cache.get_seq_length() if cache is not None else 0
+        if cache_position is not None and cache_position.numel() and int(cache_position.reshape(-1)[0]) != past:
+            raise ValueError(f"cache_position starts at {int(cache_position.reshape(-1)[0])} but the cache holds "
+                             f"{past} positions")
 
         if position_ids is None:
             if document_ids is not None:
@@ -325,7 +375,7 @@ class SujiModel(SujiPreTrainedModel):
         rotary = None
         if self.config.position_embedding_type == "rotary":
             rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rotary_base, x.dtype)
-        x, hidden_states = self.encoder(x, mask, rotary, past_key_values, bool(output_hidden_states))
+        x, hidden_states = self.encoder(x, mask, rotary, cache, bool(output_hidden_states))
         pooled = None
         if self.pooler is not None:
             pooled = self.pooler(pick_tokens(x, self.config.classifier_pooling, input_ids, attention_mask,
@@ -333,8 +383,8 @@ class SujiModel(SujiPreTrainedModel):
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=x,
             pooler_output=pooled,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            **{CACHE_OUTPUT_FIELD: cache if use_cache else None},
         )
 
 
@@ -357,6 +407,8 @@ class _SujiWithLMHead(SujiPreTrainedModel):
 
 
 class SujiForMaskedLM(_SujiWithLMHead):
+    export_kind = "masked_lm"
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, document_ids=None, output_hidden_states=None, return_dict=None,
                 masked_logits_only: bool = False, **kwargs):
@@ -378,20 +430,23 @@ class SujiForMaskedLM(_SujiWithLMHead):
 
 class SujiForCausalLM(_SujiWithLMHead, GenerationMixin):
     mask_kind = "causal"
+    export_kind = "causal_lm"
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, past_key_values=None, use_cache=None, labels=None, document_ids=None,
-                prefix_lengths=None, output_hidden_states=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+                inputs_embeds=None, cache=None, use_cache=None, labels=None, document_ids=None,
+                prefix_lengths=None, output_hidden_states=None, return_dict=None,
+                logits_to_keep: int | torch.Tensor = 0, past_key_values=None, cache_position=None, **kwargs):
         """`prefix_lengths` switches to a prefix-LM mask (the prompt's first tokens see each other);
-        `document_ids` packs several documents per row."""
+        `document_ids` packs several documents per row. The KV cache: `cache` (transformers >= 5.24)
+        or `past_key_values` (earlier 5.x); the output carries it under the installed version's name."""
         mask_kind = "prefix" if prefix_lengths is not None else self.mask_kind
+        cache = resolve_cache(cache, past_key_values, kwargs)
         out = self.suji(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                        past_key_values=past_key_values, use_cache=use_cache, mask_kind=mask_kind,
+                        cache=cache, use_cache=use_cache, mask_kind=mask_kind,
                         document_ids=document_ids, prefix_lengths=prefix_lengths,
-                        output_hidden_states=output_hidden_states)
-        hidden = out.last_hidden_state
-        if logits_to_keep:  # generate() only needs the last position's logits
-            hidden = hidden[:, -logits_to_keep:]
+                        output_hidden_states=output_hidden_states, cache_position=cache_position)
+        # generate() asks only for the last position's logits (logits_to_keep=1)
+        hidden = keep_last_logits(out.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:  # token t predicts token t+1
@@ -399,7 +454,8 @@ class SujiForCausalLM(_SujiWithLMHead, GenerationMixin):
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
             )
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states,
+            **{CACHE_OUTPUT_FIELD: getattr(out, CACHE_OUTPUT_FIELD)},
         )
 
 
@@ -409,6 +465,7 @@ class SujiForUniLM(SujiForCausalLM):
     Train with `labels = unilm_labels(input_ids, token_type_ids)`; generate from a source prompt."""
 
     mask_kind = "unilm"
+    export_kind = "unilm"  # UniLM weights are plain MLM weights (the mask is not a parameter)
 
     @staticmethod
     def unilm_labels(input_ids, token_type_ids, attention_mask=None):
@@ -418,10 +475,13 @@ class SujiForUniLM(SujiForCausalLM):
             keep &= attention_mask.bool()
         return input_ids.masked_fill(~keep, -100)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
-        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        # transformers' own method takes the cache under the installed version's name (`cache` since
+        # 5.24, `past_key_values` before) and hands it on under that name: pass everything through.
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        cache = inputs.get("cache", inputs.get("past_key_values"))
         # Everything generated belongs to the target segment, whatever the prompt ended with.
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        if cache is not None and cache.get_seq_length() > 0:
             inputs["token_type_ids"] = torch.ones_like(inputs["input_ids"])
         return inputs
 
@@ -445,6 +505,8 @@ def classification_loss(logits, labels, config) -> torch.Tensor:
 
 
 class SujiForSequenceClassification(SujiPreTrainedModel):
+    export_kind = "sequence_classification"
+
     def __init__(self, config: SujiConfig):
         super().__init__(config)
         self.suji = SujiModel(config, add_pooling_layer=True)
@@ -467,6 +529,8 @@ class SujiForSequenceClassification(SujiPreTrainedModel):
 
 
 class SujiForTokenClassification(SujiPreTrainedModel):
+    export_kind = "token_classification"
+
     def __init__(self, config: SujiConfig):
         super().__init__(config)
         self.suji = SujiModel(config, add_pooling_layer=False)

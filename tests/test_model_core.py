@@ -77,17 +77,72 @@ def test_unilm_loss_scores_only_target_tokens():
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_unilm_generation_equals_recomputing_with_the_full_mask():
-    model = S.SujiForUniLM(S.SujiConfig.from_preset("bert-tiny", bos_token_id=1, eos_token_id=2)).eval()
-    source = torch.randint(5, 128, (1, 6))
-    generated = model.generate(source, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
-    # Recompute greedily without a cache: source segment 0, generated tokens segment 1.
+def unilm_greedy_by_recomputing(model, source, steps, target_segment=1):
+    """Greedy decoding without a cache: the whole sequence through the full UniLM mask each step,
+    source in segment 0, generated tokens in `target_segment`."""
     seq = source
-    for _ in range(6):
-        types = torch.cat([torch.zeros_like(source), torch.ones(1, seq.shape[1] - source.shape[1], dtype=torch.long)], 1)
-        nxt = model(input_ids=seq, token_type_ids=types).logits[:, -1].argmax(-1, keepdim=True)
-        seq = torch.cat([seq, nxt], dim=1)
-    assert torch.equal(generated, seq)
+    with torch.no_grad():
+        for _ in range(steps):
+            generated = seq.shape[1] - source.shape[1]
+            types = torch.cat([torch.zeros_like(source),
+                               torch.full((source.shape[0], generated), target_segment, dtype=torch.long)], 1)
+            nxt = model(input_ids=seq, token_type_ids=types).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    return seq
+
+
+def context_sensitive(model, std=0.1):
+    """Matrices drawn wider than BERT's init: with std 0.02 a tiny random model's continuation is
+    nearly a function of position alone, and a lost cache or segment would go unnoticed."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std)
+    return model.eval()
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("preset", ["bert-tiny", "roformer-tiny"])
+def test_unilm_generation_equals_recomputing_with_the_full_mask(preset):
+    model = context_sensitive(S.SujiForUniLM(S.SujiConfig.from_preset(preset, bos_token_id=1, eos_token_id=2)))
+    source = torch.randint(5, 128, (2, 6))
+    generated = model.generate(source, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = unilm_greedy_by_recomputing(model, source, 8)
+    assert len(set(expected[0, 6:].tolist())) >= 3, f"degenerate continuation {expected[0, 6:].tolist()}"
+    # the test can tell: generated tokens in the source segment would give another continuation
+    assert not torch.equal(unilm_greedy_by_recomputing(model, source, 8, target_segment=0), expected)
+    assert torch.equal(generated, expected)
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("head,preset", [(S.SujiForCausalLM, "gpt2-tiny"), (S.SujiForCausalLM, "roformer-tiny"),
+                                         (S.SujiForUniLM, "bert-tiny")])
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_kv_cache_under_either_name_equals_the_full_forward(head, preset, name):
+    """transformers >= 5.24 hands the cache over as `cache`, earlier 5.x as `past_key_values`: both
+    continue a prefix exactly, and the output carries the cache under the installed version's name."""
+    model = context_sensitive(head(S.SujiConfig.from_preset(preset)))
+    ids = torch.randint(5, 128, (2, 9))
+    types = torch.cat([torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)], 1)
+    extra = dict(token_type_ids=types) if head is S.SujiForUniLM else {}
+    with torch.no_grad():
+        full = model(input_ids=ids, **extra).logits
+        first = model(input_ids=ids[:, :6], use_cache=True, **{k: v[:, :6] for k, v in extra.items()})
+        cache = getattr(first, S.modeling.CACHE_OUTPUT_FIELD)
+        assert cache is not None and cache.get_seq_length() == 6
+        rest = model(input_ids=ids[:, 6:], use_cache=True, logits_to_keep=1, **{name: cache},
+                     **{k: v[:, 6:] for k, v in extra.items()})
+    assert getattr(rest, S.modeling.CACHE_OUTPUT_FIELD).get_seq_length() == 9
+    assert rest.logits.shape[1] == 1
+    torch.testing.assert_close(rest.logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_cache_under_an_unknown_name_is_an_error():
+    from transformers.cache_utils import DynamicCache
+
+    model = S.SujiForCausalLM(S.SujiConfig.from_preset("gpt2-tiny")).eval()
+    with pytest.raises(TypeError, match="`kv_cache`"):
+        model(input_ids=torch.tensor([[5, 6]]), kv_cache=DynamicCache(config=model.config))
 
 
 def test_causal_lm_padding_does_not_change_real_tokens():

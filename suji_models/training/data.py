@@ -75,6 +75,8 @@ def load_corpus(paths, text_field=None, *, fields=None, skip_bad_lines=False, st
                                              num_proc=min(num_proc or 1, len(files)) if num_proc else None)
     except datasets.exceptions.DatasetGenerationError as e:  # surface our file:line message
         cause = e.__cause__ or e.__context__
+        if type(cause).__name__ == "SchemaInferenceError":  # not one record in any file
+            raise CorpusError(", ".join(map(str, paths)), None, "corpus is empty") from None
         raise (cause if isinstance(cause, CorpusError) else e) from None
     bad = ds.filter(lambda b: bool(b), input_columns="bad")
     report.skipped = bad["bad"]

@@ -82,13 +82,12 @@ def check_resume(output_dir, config, resume: bool = True) -> None:
     import json
     from pathlib import Path
 
-    if not resume:
-        return
-    complete = [p for p in Path(output_dir).glob("checkpoint-*")
-                if (p / "COMPLETE").is_file() and p.name.split("-")[-1].isdigit()]
+    from .checkpoint import complete_checkpoints
+
+    complete = complete_checkpoints(Path(output_dir)) if resume else []
     if not complete:
         return
-    newest = max(complete, key=lambda p: int(p.name.split("-")[-1]))
+    newest = complete[-1]
     try:
         saved = json.loads((newest / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -101,7 +100,19 @@ def check_resume(output_dir, config, resume: bool = True) -> None:
 
 
 def user_message(exc: BaseException) -> str | None:
-    """The one-line message of a user error, or None for anything else (a bug)."""
+    """The one-line message of a user error, or None for anything else (a bug). A user error wrapped by
+    a library on its way up (`datasets`' DatasetGenerationError around a CorpusError) still counts."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        message = _own_user_message(exc)
+        if message is not None:
+            return message
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _own_user_message(exc: BaseException) -> str | None:
     from tokenization._io import CorpusError
 
     if isinstance(exc, (UserError, CorpusError)):

@@ -44,6 +44,7 @@ from ..tasks.output import write_jsonl
 from ..tasks.readers import split_examples
 from .data import RowSource
 from .checkpoint import save_final
+from .errors import as_user_errors, check_resume, run_main
 from .loop import (Evaluation, TrainArgs, deepspeed_config, finish_distributed, init_distributed, release_zero3_hook,
                    train)
 from .options import option, parse_args
@@ -82,7 +83,8 @@ FINETUNE_DEFAULTS = dict(output_dir="runs/finetune", max_steps=0, learning_rate=
 
 
 class UsageError(SystemExit):
-    """A mistake in how the recipe was called; the message says what to change."""
+    """A mistake in how the recipe was called; the message says what to change (reported once, as the
+    run's last line, by `training.errors.run_main`)."""
 
 
 class Task:
@@ -263,8 +265,13 @@ def load_data(task: Task, common: FinetuneArgs):
 
 
 def run(task_class, argv=None, **defaults) -> dict | None:
-    """Parse the options, then train, evaluate and predict with `task_class`. Returns the results
-    (on rank 0; None elsewhere)."""
+    """A recipe's entry point: parse the options, then train, evaluate and predict with `task_class`.
+    Returns the results (on rank 0; None elsewhere). A mistake in the options or data ends the run
+    with one message, printed once (`training.errors.run_main`)."""
+    return run_main(_run, task_class, argv, **defaults)
+
+
+def _run(task_class, argv=None, **defaults) -> dict | None:
     classes = (FinetuneArgs, *((task_class.Options,) if task_class.Options else ()), TrainArgs)
     parsed = parse_args(classes, argv, **{**FINETUNE_DEFAULTS, **task_class.defaults, **defaults})
     common, args = parsed[0], parsed[-1]
@@ -281,9 +288,11 @@ def run(task_class, argv=None, **defaults) -> dict | None:
         raise UsageError("--tokenizer is required with --model_preset (or give --model)")
     from tokenization import load_tokenizer
 
-    tokenizer = load_tokenizer(common.tokenizer or common.model)
+    with as_user_errors(ValueError, OSError, prefix="--tokenizer " if common.tokenizer else "--model "):
+        tokenizer = load_tokenizer(common.tokenizer or common.model)
     task = task_class(options, common, tokenizer, say)
-    train_examples, dev_examples, split = load_data(task, common)
+    with as_user_errors(ValueError, OSError):  # a reader's error names the file, line and field
+        train_examples, dev_examples, split = load_data(task, common)
     task.describe(train_examples, dev_examples)
     output_dir = Path(args.output_dir)
     results = {"split": split, "train_examples": len(train_examples), "dev_examples": len(dev_examples),
@@ -309,7 +318,9 @@ def run(task_class, argv=None, **defaults) -> dict | None:
 
 
 def _train(task, common, args, train_examples, dev_examples, split, rank, world, zero3, say) -> dict:
-    config = task.configure(encoder_config(task, common, task.tokenizer), train_examples)
+    with as_user_errors(ValueError, OSError, prefix="--model " if common.model else "--model_overrides "):
+        config = task.configure(encoder_config(task, common, task.tokenizer), train_examples)
+    check_resume(args.output_dir, config, args.resume)
     rows = task.encode(train_examples)
     if not rows:
         raise UsageError(f"{common.train_file}: no training rows after encoding")
@@ -366,7 +377,8 @@ def _final_evaluation(task, model, dev_examples, common, output_dir, rank, world
         headline = " ".join(f"{k} {scores[k]:.4f}" for k in order if isinstance(scores[k], float))
         say(f"summary: dev {headline}")
     if common.predict:
-        examples = task.read_predict(common.predict)
+        with as_user_errors(ValueError, OSError):
+            examples = task.read_predict(common.predict)
         with torch.no_grad():
             mine = examples[rank::world]
             predictions = _gather_predictions(task.predict(model, mine, forward) if mine else [], world)
