@@ -74,7 +74,66 @@ def soft_multilabel_categorical_crossentropy(y_true: torch.Tensor, y_pred: torch
     return _lse_with_zero(torch.log(t) - y_pred) + _lse_with_zero(torch.log1p(-t) + y_pred)
 
 
+def cosent_loss(cosines: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT ("CoSENT（一）：比Sentence-BERT更有效的句向量方案", kexue.fm/archives/8847): for pairs i, j of a
+    batch whose labels say pair j is more similar than pair i (label_i < label_j), the cosine of pair i
+    should be below that of pair j:
+
+        L = log(1 + sum_{label_i < label_j} e^{scale (cos_i - cos_j)})
+
+    `cosines` [B] are the cosines of each pair's two sentence vectors, `labels` [B] any ordered scores
+    (0/1 or graded 0-5; only their order matters). Returns a scalar. Pairs with equal labels add nothing."""
+    s = cosines.float() * scale
+    labels = labels.to(s.device)
+    differences = s[:, None] - s[None, :]  # [i, j] = s_i - s_j
+    wrong_order = labels[:, None] < labels[None, :]
+    return _lse_with_zero(differences.masked_fill(~wrong_order, float("-inf")).reshape(-1))
+
+
+
+# ---- Sparse Softmax ("SPACES：“抽取-生成”式长文本摘要（法研杯总结）") -----------------------------
+# Cross entropy over the top-k logits only: L = log sum_{i in Omega_k} e^{s_i} - s_t, where Omega_k
+# holds the k largest logits and always the target t. Tokens outside the top k get no push-down, so
+# the model stops spending capacity on the long tail; with k >= vocabulary size it is plain CE. At
+# inference the matching distribution is the softmax of the top k, renormalized (zero elsewhere).
+
+
+def _top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(int(k), logits.shape[-1])
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+
+
+def sparse_softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, k: int,
+                                 ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Sparse Softmax loss: `logits` [..., V], `labels` [...] (class indices, `ignore_index` skipped).
+    The target's logit always belongs to the kept set. `reduction`: 'mean' over non-ignored
+    positions, 'sum', or 'none' (0 at ignored positions)."""
+    if k < 1:
+        raise ValueError(f"sparse softmax needs k >= 1, got {k}")
+    logits = logits.float()
+    ignored = labels == ignore_index
+    target = labels.masked_fill(ignored, 0).long()
+    keep = _top_k_mask(logits, k).scatter_(-1, target[..., None], True)
+    normalizer = torch.logsumexp(logits.masked_fill(~keep, float("-inf")), dim=-1)
+    loss = (normalizer - logits.gather(-1, target[..., None]).squeeze(-1)).masked_fill(ignored, 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (~ignored).sum().clamp(min=1)
+
+
+def sparse_softmax(logits: torch.Tensor, k: int, log: bool = False) -> torch.Tensor:
+    """Inference counterpart of :func:`sparse_softmax_cross_entropy`: softmax over the top-k
+    logits of the last axis, 0 (or -inf with `log=True`) elsewhere."""
+    masked = logits.float().masked_fill(~_top_k_mask(logits, k), float("-inf"))
+    return masked.log_softmax(-1) if log else masked.softmax(-1)
+
+
 __all__ = [
+    "sparse_softmax",
+    "sparse_softmax_cross_entropy",
+    "cosent_loss",
     "multilabel_categorical_crossentropy",
     "sparse_multilabel_categorical_crossentropy",
     "soft_multilabel_categorical_crossentropy",

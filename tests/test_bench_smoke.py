@@ -29,6 +29,8 @@ def outputs(tmp_path_factory):
         "pretrain": ["pretrain.py", "--train_file", corpus, "--seq", 32, "--batch", 2, "--steps", 3,
                      "--log_steps", 1, "--threads", 1, "--runs", "hf,suji"],
         "memory": ["memory.py", "--size", "tiny", "--configs", "0,2", "--steps", 2, "--batch", 2, "--seq", 32],
+        "generate": ["generate.py", "--size", "tiny", "--batches", "1,2", "--prompts", 8, "--new_tokens", 4,
+                     "--iters", 1, "--warmup", 0, "--rounds", 1, "--threads", 1],
     }
     procs = {}
     for name, (script, *args) in commands.items():
@@ -82,3 +84,12 @@ def test_memory_bench_prints_ratio_per_zero_stage(outputs):
     assert all(float(mb) > 0 for r in rows for mb in (r[1], r[3], r[5]))
     assert ratios(rows, 2)[0] == 1.0 and ratios(rows, 4)[0] == 1.0
     assert held[1] < held[0]  # ZeRO-2 holds a share of the gradients and optimizer states, not all of them
+
+
+def test_generate_bench_prints_new_token_ratios(outputs):
+    rows = table(outputs["generate"])
+    assert [(r[0], r[1], r[3]) for r in rows] == [(d, b, m) for d in ("greedy", "top-p") for b in ("1", "2")
+                                                 for m in ("transformers", "suji")]
+    speed = ratios(rows, 5)
+    assert speed[::2] == [1.0] * 4 and all(s > 0 for s in speed)
+    assert [r[6] for r in rows if r[0] == "greedy"] == ["yes"] * 4  # same weights, same greedy tokens

@@ -159,3 +159,41 @@ def test_streaming_mode_trains_on_per_rank_shards(tmp_path):
              "--output_dir", tmp_path / "s", *COMMON)
     assert "data: streaming 1 file(s)" in log
     assert loss_drop(log) > 0.2, log[-2000:]
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    """Verified checkpoints: a flipped byte in the newest checkpoint's shard is found by its manifest;
+    the rerun names the file and resumes from the checkpoint before."""
+    out = tmp_path / "run"
+    args = ["--train_file", CLUE, "--max_steps", 6, "--save_steps", 2, "--output_dir", out,
+            "--deepspeed_config", "configs/deepspeed/zero2.json", *COMMON, "--log_steps", 1]
+    first = ok("pretrain/run_mlm.py", *args)
+    assert (out / "checkpoint-2" / "MANIFEST.json").is_file() and (out / "checkpoint-4" / "MANIFEST.json").is_file()
+    shard = out / "checkpoint-4" / "state" / "mp_rank_00_model_states.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    second = ok("pretrain/run_mlm.py", *args)
+    bad = [line for line in second.splitlines() if "checkpoint-4 is bad" in line]
+    assert len(bad) == 1, second[-3000:]
+    assert "state/mp_rank_00_model_states.pt: sha256 differs from the manifest" in bad[0]
+    assert "resumed from" in second and "checkpoint-2 at step 2" in second
+    assert step_losses(second)[3] == pytest.approx(step_losses(first)[3], abs=1e-6)  # the same run, continued
+    assert (out / "bad-checkpoint-4").is_dir() and (out / "checkpoint-4" / "COMPLETE").is_file()
+
+
+def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A save that fails with ENOSPC (injected after the shards are written) ends the run with one line
+    saying so; the previous checkpoint is complete and matches its manifest."""
+    from suji_models.training.checkpoint import FAULT_ENV, complete_checkpoints, verify_checkpoint
+
+    monkeypatch.setenv(FAULT_ENV, "4")
+    out = tmp_path / "run"
+    code, log = launch("pretrain/run_mlm.py", "--train_file", CLUE, "--max_steps", 6, "--save_steps", 2,
+                       "--save_total_limit", 1, "--output_dir", out, "--deepspeed_config",
+                       "configs/deepspeed/zero2.json", *COMMON, "--log_steps", 1)
+    assert code != 0
+    assert log.count("error: no space left on device while saving checkpoint-4") == 1, log[-3000:]
+    assert f"no space left on device while saving checkpoint-4 in {out}; checkpoint-2 is intact" in log
+    assert "Traceback" not in log
+    assert complete_checkpoints(out) == [out / "checkpoint-2"] and verify_checkpoint(out / "checkpoint-2") is None

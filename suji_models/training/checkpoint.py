@@ -3,12 +3,23 @@ and the final consolidated `from_pretrained` folder (with an optional plain-tran
 
 A resumable checkpoint counts only once its COMPLETE marker exists, which rank 0 writes after every
 rank has finished writing its shard (a barrier in between): a run killed mid-save resumes from the
-previous one.
+previous one. Just before the marker, rank 0 writes `MANIFEST.json`: the size and sha256 of every file
+of the checkpoint. Resuming checks the newest checkpoint against it; one that no longer matches (a
+flipped byte, a truncated or missing shard) is moved aside to `bad-checkpoint-N` with a one-line
+message naming the file, and the run resumes from the previous checkpoint. A checkpoint written
+before manifests existed (COMPLETE only) is still resumed, unchecked.
+
+Old checkpoints are removed only after the new one is complete, so a save that fails (a full disk:
+`UserError` "no space left on device while saving checkpoint-N; checkpoint-M is intact") leaves the
+previous one as it was.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,25 +27,177 @@ import torch
 import torch.distributed as dist
 
 
+MANIFEST = "MANIFEST.json"
+MARKER = "COMPLETE"
+FAULT_ENV = "SUJI_FAULT_ENOSPC_AT_SAVE"  # tests: a save at this step fails as on a full disk
+
+
 def complete_checkpoints(output_dir: Path):
     """Complete checkpoints, oldest first. A checkpoint counts only once its COMPLETE marker exists,
     which rank 0 writes after every rank has finished writing (a barrier in between)."""
-    found = [p for p in output_dir.glob("checkpoint-*") if (p / "COMPLETE").is_file()]
+    found = [p for p in Path(output_dir).glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / MARKER).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_files(path: Path):
+    """Every file of a checkpoint (relative, sorted), except the manifest and the marker themselves."""
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                  if p.is_file() and p.relative_to(path).as_posix() not in (MANIFEST, MARKER)
+                  and not p.name.endswith(".tmp"))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name, flush to disk, then rename: the file exists whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_manifest(path: Path, step: int) -> dict:
+    """`path/MANIFEST.json`: step, and size and sha256 of every file now in the checkpoint."""
+    path = Path(path)
+    files = {name: {"size": (path / name).stat().st_size, "sha256": _sha256(path / name)}
+             for name in _checkpoint_files(path)}
+    manifest = {"step": step, "files": files}
+    _write_atomically(path / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when `path` matches its manifest, else the first problem, naming the file. A checkpoint
+    without a manifest (written before manifests existed) is not checked."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return None
+    try:
+        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as why:
+        return f"{path / MANIFEST}: unreadable manifest ({why})"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file}: missing"
+        size = file.stat().st_size
+        if size != expected["size"]:
+            return f"{file}: {size} bytes, the manifest says {expected['size']} (truncated or overwritten)"
+        if _sha256(file) != expected["sha256"]:
+            return f"{file}: sha256 differs from the manifest (corrupted)"
+    return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a bad checkpoint out of the `checkpoint-*` names (kept for inspection, never resumed
+    nor counted by the rotation)."""
+    target, n = path.with_name(f"bad-{path.name}"), 1
+    while target.exists():
+        target, n = path.with_name(f"bad-{path.name}.{n}"), n + 1
+    path.rename(target)
+    return target
+
+
+def newest_valid_checkpoint(output_dir: Path, log=print) -> Path | None:
+    """The newest complete checkpoint that matches its manifest. Bad ones newer than it are moved
+    aside to `bad-checkpoint-N`, with one line each naming the bad file. Called on one rank."""
+    for path in reversed(complete_checkpoints(output_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        aside = _set_aside(path)
+        log(f"checkpoint {path.name} is bad: {problem}; moved to {aside.name}, falling back to the previous one")
+    return None
+
+
+def _intact_message(output_dir: Path, step: int) -> str:
+    previous = [p for p in complete_checkpoints(output_dir) if int(p.name.split("-")[1]) < step]
+    if not previous:
+        return "there is no earlier checkpoint"
+    problem = verify_checkpoint(previous[-1])
+    return f"{previous[-1].name} is intact" if problem is None else f"{previous[-1].name} is bad too ({problem})"
+
+
+def _fail_if_asked(step: int) -> None:
+    if os.environ.get(FAULT_ENV) == str(step):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"checkpoint-{step} (fault injected by {FAULT_ENV})")
+
+
 def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None):
+    """Every rank writes its shard; after a barrier rank 0 adds config and `save_files`, then the
+    manifest and the COMPLETE marker, and only then removes checkpoints beyond `keep`. A full disk
+    is a UserError saying which checkpoint is still intact."""
+    from .errors import UserError
+
+    output_dir = Path(output_dir)
     path = output_dir / f"checkpoint-{step}"
-    engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
-    dist.barrier()  # every rank has written its shard
+    if rank == 0:  # a leftover of the same step (an abandoned run) must not look complete while rewritten
+        for name in (MARKER, MANIFEST):
+            (path / name).unlink(missing_ok=True)
+    dist.barrier()
+    try:
+        engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
+        _fail_if_asked(step)  # the shards are written, the disk fills up before the checkpoint is complete
+        dist.barrier()  # every rank has written its shard
+        if rank == 0:
+            engine.module.config.save_pretrained(path)  # so the checkpoint can be consolidated on its own
+            if save_files is not None:
+                save_files(path)
+            write_manifest(path, step)
+            _write_atomically(path / MARKER, str(step))
+    except OSError as why:
+        if why.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"no space left on device while saving {path.name} in {output_dir}; "
+                        f"{_intact_message(output_dir, step)} (free space and run again to resume)") from why
     if rank == 0:
-        engine.module.config.save_pretrained(path)  # so the checkpoint can be consolidated on its own
-        if save_files is not None:
-            save_files(path)
-        (path / "COMPLETE").write_text(str(step))
         for old in complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
+
+
+def _deepspeed_safe_globals() -> list:
+    """The few DeepSpeed classes its own checkpoints pickle (measured on ZeRO 0-3 checkpoints): the
+    fp32 loss scaler, the ZeRO stage enum and the fragment addresses of ZeRO-1/2 optimizer states."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path, map_location=None):
+    """`torch.load(weights_only=True)` that also accepts the DeepSpeed classes above: a checkpoint file
+    that would need to unpickle anything else (arbitrary code) is a UserError naming the file."""
+    import pickle
+
+    from .errors import UserError
+
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as why:
+            first = str(why).strip().splitlines()[0] if str(why).strip() else type(why).__name__
+            raise UserError(f"{path}: refused to unpickle, not plain tensors and DeepSpeed state ({first})") from None
+
+
+def load_weights_only(engine) -> None:
+    """Make every checkpoint read of this DeepSpeed engine go through `safe_load` (DeepSpeed's own
+    `TorchCheckpointEngine.load` passes `weights_only=False`, i.e. runs whatever the pickle says)."""
+    engine.checkpoint_engine.load = safe_load
 
 
 def consolidated_state_dict(engine) -> dict | None:

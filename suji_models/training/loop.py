@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .errors import UserError, as_user_errors
 from .errors import unlink_shm_allreduce_buffer as _unlink_shm_allreduce_buffer  # noqa: F401 (was defined here)
-from .checkpoint import complete_checkpoints, save_best, save_checkpoint, stored_best
+from .checkpoint import load_weights_only, newest_valid_checkpoint, save_best, save_checkpoint, stored_best
 from .options import option
 
 
@@ -55,6 +55,8 @@ class TrainArgs:
     fused_adamw: bool = option(True, "one fused kernel for the AdamW update (optimizer step 3.5-5x faster on CPU, "
                                      "measured)")
     stop_at_step: int = option(0, "save a checkpoint and exit at this step (time-boxed jobs; run again to resume)")
+    max_bad_steps: int = option(5, "a step whose loss is NaN/inf on any rank is skipped (no optimizer update) and "
+                                   "counted; this many in a row stop the run with a diagnostic (0: never stop)")
 
 
 def init_distributed():
@@ -270,9 +272,11 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
     losses, meter = [], _Throughput()
     bar = tqdm(total=args.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
     engine.train()
+    guard = _NumericGuard(args.max_bad_steps, rank)
     for step in range(start, args.max_steps):
-        loss = _train_step(engine, batches, args, step, rank, world, hooks, meter)
+        loss = _train_step(engine, batches, args, step, rank, world, hooks, meter, guard)
         done = step + 1
+        guard.after(done, loss, scheduler.get_last_lr()[0], output_dir)
         losses.append((done, loss))
         bar.update(1)
         if done % args.log_steps == 0 or done == args.max_steps:
@@ -293,6 +297,8 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
     log.close()
     if rank == 0 and not (args.stop_at_step and losses and losses[-1][0] == args.stop_at_step):
         print(f"finished {args.max_steps} steps; final loss {losses[-1][1]:.4f}" if losses else "nothing to do", flush=True)
+    if rank == 0 and guard.skipped:
+        print(f"{guard.skipped} step(s) skipped for a non-finite loss", flush=True)
     return losses, engine
 
 
@@ -316,33 +322,140 @@ def _start_engine(model_fn, args: TrainArgs, world: int, flops_per_token, hooks:
 
 
 def _resume(engine, output_dir: Path, resume: bool, rank: int) -> int:
-    """Load the newest complete checkpoint (when asked and there is one); the step to start from."""
-    if not (resume and (done := complete_checkpoints(output_dir))):
+    """Load the newest complete checkpoint that matches its manifest (when asked and there is one; rank 0
+    checks, every rank loads the one it chose); the step to start from."""
+    if not resume:
         return 0
-    _, client = engine.load_checkpoint(str(done[-1]), tag="state")
+    chosen = [str(newest_valid_checkpoint(output_dir, log=lambda line: print(line, flush=True)) or "")
+              if rank == 0 else None]
+    dist.broadcast_object_list(chosen, src=0)
+    if not chosen[0]:
+        return 0
+    load_weights_only(engine)  # a checkpoint folder is a file from elsewhere: tensors only, no pickled code
+    _, client = engine.load_checkpoint(chosen[0], tag="state")
     if rank == 0:
-        print(f"resumed from {done[-1]} at step {client['step']}", flush=True)
+        print(f"resumed from {chosen[0]} at step {client['step']}", flush=True)
     return client["step"]
 
 
-def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: int, hooks: StepHooks, meter) -> float:
-    """One optimizer step (its micro-steps); the loss of the last micro-step, averaged over ranks."""
+def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: int, hooks: StepHooks, meter,
+                guard=None) -> float:
+    """One optimizer step (its micro-steps); the loss of the last micro-step, averaged over ranks. A
+    non-finite loss in any micro-step on any rank makes `guard` drop the step's gradients (see
+    `_NumericGuard`)."""
     forward_backward = hooks.forward_backward or _plain_forward_backward
+    finite = True
     for micro in range(args.gradient_accumulation_steps):
         index = step * args.gradient_accumulation_steps + micro
         torch.manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)  # dropout, per (step, rank)
         batch = batches(index, rank, world)
         meter.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        loss = forward_backward(engine, batch)
+        loss = (_nan_forward_backward if _nan_fault(step + 1) else forward_backward)(engine, batch)
+        finite = finite and bool(torch.isfinite(loss.detach()).all())
+        if guard is not None and engine.is_gradient_accumulation_boundary():
+            guard.before_step(engine, finite)
         if hooks.before_step:
             hooks.before_step(engine)
-        engine.step()
+        with guard.stepping(engine) if guard is not None else contextlib.nullcontext():
+            engine.step()
         if hooks.after_step:
             hooks.after_step(engine)
     loss = loss.detach().float()
     dist.all_reduce(loss)
     return loss.item() / world
+
+
+NAN_FAULT_ENV = "SUJI_FAULT_NAN_LOSS_AT"  # tests: "3,4,5" makes the loss of these steps NaN
+
+
+def _nan_fault(step: int) -> bool:
+    steps = os.environ.get(NAN_FAULT_ENV)
+    return bool(steps) and str(step) in steps.split(",")
+
+
+def _nan_forward_backward(engine, batch):
+    """Fault injection for the tests: the loss times NaN, so backward fills every gradient with NaN
+    as a real overflow would."""
+    loss = engine(**batch).loss * float("nan")
+    engine.backward(loss)
+    return loss
+
+
+def _parameters_with_grad(engine):
+    return [p for p in engine.module.parameters() if p.grad is not None]
+
+
+class _NumericGuard:
+    """A step whose loss is NaN or inf on any rank (a flag all-reduced, so every rank decides alike)
+    updates nothing: without ZeRO the gradients are zeroed (so clipping sees finite numbers) and the
+    optimizer's own `step` is a no-op during that `engine.step()`, so weights, moments and step count
+    stay as they were while DeepSpeed's counters and the learning-rate schedule advance; under ZeRO,
+    DeepSpeed's own check of the gradient norm (ZeRO-1/2/3, also in fp32) skips the update and the
+    schedule and clears the gradients, which is verified with `engine.was_step_applied()`. `max_bad`
+    such steps in a row end the run with a UserError naming step, loss, gradient norm and learning
+    rate; the checkpoints already written are left as they are."""
+
+    def __init__(self, max_bad: int, rank: int):
+        self.max_bad, self.rank = max_bad, rank
+        self.in_row = self.skipped = 0
+        self.bad = False
+        self.grad_norm = self.engine = None
+
+    def before_step(self, engine, finite: bool) -> None:
+        self.engine = engine
+        flag = torch.tensor([0.0 if finite else 1.0], device=engine.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.bad = bool(flag.item())
+        if not self.bad:
+            return
+        self.grad_norm = None
+        params = _parameters_with_grad(engine)
+        if params:  # plain (non-ZeRO) engine: the gradients are still on the parameters
+            self.grad_norm = float(torch.linalg.vector_norm(torch.stack(
+                [torch.linalg.vector_norm(p.grad.detach().float()) for p in params])))
+        if not engine.zero_optimization():
+            for p in params:
+                p.grad.zero_()
+
+    @contextlib.contextmanager
+    def stepping(self, engine):
+        """Around `engine.step()`: on a bad step without ZeRO the wrapped optimizer does nothing."""
+        if not (self.bad and not engine.zero_optimization()):
+            yield
+            return
+        optimizer = engine.optimizer
+        optimizer.step = lambda *args, **kwargs: None  # an instance attribute hides the method
+        try:
+            yield
+        finally:
+            del optimizer.step
+
+    def after(self, step: int, loss: float, lr: float, output_dir: Path) -> None:
+        if not self.bad:
+            self.in_row = 0
+            return
+        self.bad = False
+        self.skipped += 1
+        self.in_row += 1
+        engine = self.engine
+        if engine is not None and engine.zero_optimization() and engine.was_step_applied():
+            raise RuntimeError(f"step {step}: non-finite loss but DeepSpeed applied the update")
+        if self.grad_norm is None and engine is not None:
+            norm = engine.get_global_grad_norm()
+            self.grad_norm = None if norm is None else float(norm)
+        norm = "n/a" if self.grad_norm is None else f"{self.grad_norm:.4g}"
+        if self.rank == 0:
+            print(f"step {step}: non-finite loss {loss} (grad norm {norm}); step skipped, "
+                  f"{self.in_row} in a row", flush=True)
+        if self.max_bad and self.in_row >= self.max_bad:
+            from .checkpoint import complete_checkpoints
+
+            kept = complete_checkpoints(output_dir)
+            raise UserError(f"{self.in_row} steps in a row with a non-finite loss (--max_bad_steps {self.max_bad}): "
+                            f"step {step}, loss {loss}, grad norm {norm}, learning rate {lr:.4g}; "
+                            + (f"{kept[-1].name} is the last good checkpoint" if kept else "no checkpoint was saved")
+                            + " (lower --learning_rate, check the data of these steps, or raise --max_bad_steps)")
 
 
 class _Throughput:
