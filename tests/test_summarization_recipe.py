@@ -89,6 +89,7 @@ def test_extract_stage_beats_an_untrained_extractor(csl, extractor):
     assert trained > baseline + 0.5, (trained, baseline)
 
 
+@pytest.mark.slow  # a training run of several minutes on 2 cores; CI runs -m slow
 def test_generate_stage_with_copy_sparse_softmax_and_exposure_bias(csl, tmp_path):
     trained, log = recipe(csl, tmp_path / "gen", "--stage", "generate", "--copy", "true", "--sparse_softmax_k", 10,
                           "--exposure_bias_prob", 0.1, "--max_seq_length", 160, "--max_steps", 60)
@@ -101,6 +102,7 @@ def test_generate_stage_with_copy_sparse_softmax_and_exposure_bias(csl, tmp_path
     assert trained > baseline + 1.0, (trained, baseline)
 
 
+@pytest.mark.slow  # a training run of several minutes on 2 cores; CI runs -m slow
 def test_pipeline_stage_predicts_id_and_summary(csl, extractor, tmp_path):
     trained, log = recipe(csl, tmp_path / "spaces", "--stage", "pipeline", "--extractor", extractor[0] / "best",
                           "--max_seq_length", 160, "--max_steps", 60, "--format", "csl",
