@@ -42,10 +42,9 @@ from suji_models.tasks.ner import (
     SujiForNer,
     collate,
     encode_examples,
-    encode_windows,
     entity_counts,
     entity_types,
-    predict_encoded,
+    predict,
     read_ner,
     read_texts,
     set_ner_config,
@@ -98,10 +97,8 @@ class NerTask(Task):
         length = self.options.eval_max_length
         if model.config.position_embedding_type == "learned":
             length = min(length, model.config.max_position_embeddings)
-        windows = encode_windows(self.tokenizer, [e.text for e in examples], length, self.options.eval_overlap)
-        found = predict_encoded(lambda batch: forward(batch).logits, model, windows.examples,
-                                self.tokenizer.pad_token_id, self.args.eval_batch_size)
-        return windows.merge(found)
+        return predict(model, self.tokenizer, [e.text for e in examples], length, self.args.eval_batch_size,
+                       overlap=self.options.eval_overlap, forward=forward)
 
     def metric(self, examples, predictions):
         return entity_counts([e.entities for e in examples], predictions)

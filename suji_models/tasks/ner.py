@@ -447,12 +447,14 @@ def set_ner_config(config: SujiConfig, head: str, types, head_size: int = 64, cr
 
 
 def predict(model, tokenizer, texts, max_length: int = 512, batch_size: int = 32, device=None,
-            overlap: int | None = None) -> list[list[Span]]:
+            overlap: int | None = None, forward=None) -> list[list[Span]]:
     """Entities of each text as character spans (start, end exclusive, type); nested output is
     possible with the GlobalPointer heads. Texts longer than `max_length` tokens are read in
-    overlapping windows (see :func:`encode_windows`)."""
+    overlapping windows (see :func:`encode_windows`). `forward(batch)` runs the model (default: the
+    module itself; the finetune driver passes its engine's)."""
     windows = encode_windows(tokenizer, texts, max_length, overlap)
-    found = predict_encoded(lambda batch: model(**batch).logits, model, windows.examples, tokenizer.pad_token_id,
+    forward = forward or (lambda batch: model(**batch))
+    found = predict_encoded(lambda batch: forward(batch).logits, model, windows.examples, tokenizer.pad_token_id,
                             batch_size, device or next(model.parameters()).device)
     return windows.merge(found)
 

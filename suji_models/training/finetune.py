@@ -240,7 +240,7 @@ def _gather_predictions(predictions, world: int):
     return _interleave(gathered)
 
 
-def encoder_config(task: Task, common: FinetuneArgs, tokenizer) -> SujiConfig:
+def encoder_config(common: FinetuneArgs, tokenizer) -> SujiConfig:
     """The encoder's config: from the --model checkpoint, or the preset with its overrides."""
     if common.model:
         from ..convert.loading import checkpoint_config
@@ -319,7 +319,7 @@ def _run(task_class, argv=None, **defaults) -> dict | None:
 
 def _train(task, common, args, train_examples, dev_examples, split, rank, world, zero3, say) -> dict:
     with as_user_errors(ValueError, OSError, prefix="--model " if common.model else "--model_overrides "):
-        config = task.configure(encoder_config(task, common, task.tokenizer), train_examples)
+        config = task.configure(encoder_config(common, task.tokenizer), train_examples)
     check_resume(args.output_dir, config, args.resume)
     rows = task.encode(train_examples)
     if not rows:
