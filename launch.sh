@@ -118,13 +118,31 @@ distributed() {
 
 # Run the launcher and end with the failing rank's one-line message, after the launcher's own exit
 # lines (suji_models/training/errors.py records it in $SUJI_ERROR_FILE). SIGTERM / SIGINT go on to the
-# launcher, which stops the ranks.
+# launcher, which stops the ranks. A run that fails for any reason but a user error (a killed or hung
+# rank, a lost node, a crash) is started again up to SUJI_MAX_RESTARTS times (default 0); it resumes
+# from the newest complete checkpoint (--resume is on by default), so only the steps since it are redone.
 run_ranks() {
-    local errfile status pid
-    errfile="$(mktemp "${TMPDIR:-/tmp}/suji-error.XXXXXX")"
-    rm -f "$errfile"  # the first failing rank creates it
-    export SUJI_ERROR_FILE="$errfile" SUJI_ERROR_PRINTED_BY_LAUNCHER=1
-    trap 'rm -f "$errfile"' EXIT
+    local attempt=0 status
+    SUJI_ERROR_FILE="$(mktemp "${TMPDIR:-/tmp}/suji-error.XXXXXX")"
+    export SUJI_ERROR_FILE SUJI_ERROR_PRINTED_BY_LAUNCHER=1
+    trap 'rm -f "$SUJI_ERROR_FILE"' EXIT
+    while :; do
+        rm -f "$SUJI_ERROR_FILE"  # the first failing rank creates it
+        export SUJI_RESTART="$attempt"
+        status=0
+        run_once "$@" || status=$?
+        [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ "$status" -ne 143 ] || exit "$status"
+        [ "$(sed -n 2p "$SUJI_ERROR_FILE" 2>/dev/null)" != "user" ] || exit "$status"  # it would fail again
+        [ "$attempt" -lt "${SUJI_MAX_RESTARTS:-0}" ] || exit "$status"
+        attempt=$((attempt + 1))
+        echo "[launch] the run failed (exit $status); restart $attempt of $SUJI_MAX_RESTARTS from the newest" \
+             "complete checkpoint" >&2
+        sleep "${SUJI_RESTART_DELAY:-2}"
+    done
+}
+
+run_once() {
+    local errfile="$SUJI_ERROR_FILE" status pid
     # Its own process group, so that a stop reaches every process: the single-node `deepspeed` runner has
     # no SIGTERM handler and would die alone, leaving the ranks running. Ranks exit quietly on SIGTERM
     # (and remove their shm buffers); SIGINT is forwarded as SIGTERM, which the runner takes without a traceback.
@@ -142,10 +160,10 @@ run_ranks() {
     done
     [ -z "$stop" ] || status="$stop"
     if [ -s "$errfile" ]; then
-        echo "error: $(head -c 4000 "$errfile")" >&2
+        echo "error: $(head -n 1 "$errfile" | head -c 4000)" >&2
         [ "$status" -ne 0 ] || status=1
     fi
-    exit "$status"
+    return "$status"
 }
 
 cmd="${1:-help}"; shift || true

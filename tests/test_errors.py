@@ -24,7 +24,7 @@ def test_first_failing_rank_records_the_message_and_the_others_stay_quiet(tmp_pa
     monkeypatch.delenv(errors.PRINTED_BY_LAUNCHER_ENV, raising=False)
     monkeypatch.setenv("RANK", "0")
     assert errors.report_failure(CorpusError("c.txt", 2, "invalid UTF-8")) == 1
-    assert (tmp_path / "error").read_text() == "c.txt:2: invalid UTF-8\n"
+    assert (tmp_path / "error").read_text() == "c.txt:2: invalid UTF-8\nuser\n"  # a user error: not restarted
     assert capsys.readouterr().err == "error: c.txt:2: invalid UTF-8\n"
     monkeypatch.setenv("RANK", "1")  # the same mistake on another rank, and a peer's broken collective
     assert errors.report_failure(CorpusError("c.txt", 2, "invalid UTF-8")) == 1
@@ -34,6 +34,9 @@ def test_first_failing_rank_records_the_message_and_the_others_stay_quiet(tmp_pa
     (tmp_path / "error").unlink()
     assert errors.report_failure(errors.UserError("x")) == 1
     assert capsys.readouterr().err == ""
+    (tmp_path / "error").unlink()
+    assert errors.report_failure(RuntimeError("a bug")) == 1  # a crash: launch.sh may restart it
+    assert (tmp_path / "error").read_text() == "RuntimeError: a bug\ncrash\n"
 
 
 def test_resuming_another_architecture_is_a_user_error(tmp_path):

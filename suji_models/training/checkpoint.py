@@ -26,8 +26,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .faults import kill_if_asked
+
 
 MANIFEST = "MANIFEST.json"
+LAYOUT = "layout.json"  # world size, per-device batch, accumulation and ZeRO stage of the run that saved it
+UNIVERSAL = "universal"  # DeepSpeed's universal copy of `state`, made when the world size changes
 MARKER = "COMPLETE"
 FAULT_ENV = "SUJI_FAULT_ENOSPC_AT_SAVE"  # tests: a save at this step fails as on a full disk
 
@@ -136,10 +140,12 @@ def _fail_if_asked(step: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"checkpoint-{step} (fault injected by {FAULT_ENV})")
 
 
-def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None):
-    """Every rank writes its shard; after a barrier rank 0 adds config and `save_files`, then the
-    manifest and the COMPLETE marker, and only then removes checkpoints beyond `keep`. A full disk
-    is a UserError saying which checkpoint is still intact."""
+def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None,
+                    layout: dict | None = None):
+    """Every rank writes its shard; after a barrier rank 0 adds config, `save_files` and the run's
+    `layout` (world size and batch shape, read back by `read_layout`), then the manifest and the
+    COMPLETE marker, and only then removes checkpoints beyond `keep`. A full disk is a UserError
+    saying which checkpoint is still intact."""
     from .errors import UserError
 
     output_dir = Path(output_dir)
@@ -151,9 +157,12 @@ def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, s
     try:
         engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
         _fail_if_asked(step)  # the shards are written, the disk fills up before the checkpoint is complete
+        kill_if_asked("save", step, rank)
         dist.barrier()  # every rank has written its shard
         if rank == 0:
             engine.module.config.save_pretrained(path)  # so the checkpoint can be consolidated on its own
+            if layout is not None:
+                _write_atomically(path / LAYOUT, json.dumps({"step": step, **layout}, indent=1))
             if save_files is not None:
                 save_files(path)
             write_manifest(path, step)
@@ -167,6 +176,46 @@ def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, s
         for old in complete_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
+
+
+def read_layout(path: Path) -> dict | None:
+    """The layout a checkpoint was saved with (None for one written before layouts were recorded)."""
+    file = Path(path) / LAYOUT
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
+def has_zero_partitions(path: Path) -> bool:
+    """True when the optimizer state is split across ranks (ZeRO 1-3): it then needs re-partitioning
+    to be loaded by another number of ranks. Without ZeRO it is whole in the model-states file."""
+    return any((Path(path) / "state").glob("*optim_states.pt"))
+
+
+def make_universal(path: Path) -> Path:
+    """Convert `path/state` into DeepSpeed's universal checkpoint format in `path/universal` (once; the
+    conversion is written under a temporary name and renamed, so a half-written copy is never used).
+    A universal checkpoint holds every parameter's fp32 weights and optimizer moments whole, so any
+    number of ranks can load it and re-partition them. Called on one rank."""
+    import subprocess
+    import sys
+
+    from .errors import UserError
+
+    target = Path(path) / UNIVERSAL
+    if target.is_dir():
+        return target
+    tmp = Path(path) / (UNIVERSAL + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # Our checkpoints lack the Megatron-specific `universal_checkpoint_info`; DeepSpeed's converter
+    # injects the default one, which is right for plain data parallelism.
+    command = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(Path(path) / "state"),
+               "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1",
+               "--inject_missing_state"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"{path}: converting to a universal checkpoint for the new world size failed ({tail[0]})")
+    os.replace(tmp, target)
+    return target
 
 
 def _deepspeed_safe_globals() -> list:

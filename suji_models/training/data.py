@@ -186,12 +186,17 @@ class RowSource:
             self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=gen), epoch
         return self._perm
 
-    def rows(self, index: int, rank: int, world: int) -> list[dict]:
+    def indices(self, index: int, rank: int, world: int) -> list[int]:
+        """Dataset indices of the rows of micro-step `index` on `rank` (they depend on `index * world + rank`
+        only: the same global micro-batch gives the same rows whatever the world size)."""
         picked = []
         for j in range(self.batch_size):
             epoch, pos = divmod((index * world + rank) * self.batch_size + j, len(self.dataset))
             picked.append(int(self._permutation(epoch)[pos]))
-        return [self.dataset[i] for i in picked]
+        return picked
+
+    def rows(self, index: int, rank: int, world: int) -> list[dict]:
+        return [self.dataset[i] for i in self.indices(index, rank, world)]
 
 
 class StreamRows:

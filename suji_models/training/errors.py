@@ -157,8 +157,10 @@ def _exists_fresh(path: str) -> bool:
         return False
 
 
-def _record(message: str) -> bool:
-    """Record `message` unless another rank already did; True when this rank is the first."""
+def _record(message: str, kind: str = "crash") -> bool:
+    """Record `message` unless another rank already did; True when this rank is the first. The second
+    line says what kind of failure it was: `user` (a mistake that a restart would only repeat: launch.sh
+    does not restart it) or `crash`."""
     path = error_file()
     if os.path.exists(path) and not _exists_fresh(path):
         with contextlib.suppress(OSError):
@@ -170,7 +172,7 @@ def _record(message: str) -> bool:
     except OSError:
         return True  # cannot record: report it here
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(message.replace("\n", " ") + "\n")
+        f.write(message.replace("\n", " ") + "\n" + kind + "\n")
     return True
 
 
@@ -194,6 +196,15 @@ def _finish(code: int) -> None:
     os._exit(code)
 
 
+def end_run(message: str, code: int = 1, kind: str = "crash") -> None:
+    """End this process now, from any thread, with `message` as the run's error (the hang watchdog: a
+    `crash`, which a restart may get past): recorded and printed as `report_failure` does, once across
+    ranks (a rank that finds another's record exits quietly), then `_finish(code)`."""
+    if _record(message, kind) and os.environ.get(PRINTED_BY_LAUNCHER_ENV) != "1":
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    _finish(code)
+
+
 def report_failure(exc: BaseException) -> int:
     """Print (at most once across ranks) what `exc` means for the user; returns the exit code."""
     if isinstance(exc, KeyboardInterrupt):
@@ -205,9 +216,10 @@ def report_failure(exc: BaseException) -> int:
         return 1  # another rank failed first and said why
     if message is not None and _rank() != 0 and _recorded(wait=3.0):
         return 1  # rank 0 met the same mistake and reported it
+    kind = "crash" if message is None else "user"
     if message is None:
         message = f"{type(exc).__name__}: {exc}".strip()
-    if not _record(message):
+    if not _record(message, kind):
         return 1
     if user_message(exc) is None:  # a bug: the traceback is part of the report
         traceback.print_exception(exc, file=sys.stderr)

@@ -334,7 +334,8 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
         + (f", evaluating every {eval_steps} steps" if dev_examples else ", no dev set: the last step is kept"))
 
     def batches(index, rank, world):
-        return task.collate(source.rows(index, rank, world))
+        ids = source.indices(index, rank, world)
+        return {**task.collate([rows[i] for i in ids]), "sample_ids": ids}  # ids for --log_samples
 
     history = []
 

@@ -14,7 +14,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,10 @@ from tqdm.auto import tqdm
 
 from .errors import UserError, as_user_errors
 from .errors import unlink_shm_allreduce_buffer as _unlink_shm_allreduce_buffer  # noqa: F401 (was defined here)
-from .checkpoint import load_weights_only, newest_valid_checkpoint, save_best, save_checkpoint, stored_best
+from .checkpoint import (UNIVERSAL, has_zero_partitions, load_weights_only, make_universal, newest_valid_checkpoint,
+                         read_layout, save_best, save_checkpoint, stored_best)
+from . import watchdog
+from .faults import attempt, kill_if_asked
 from .options import option
 
 
@@ -55,8 +59,14 @@ class TrainArgs:
     fused_adamw: bool = option(True, "one fused kernel for the AdamW update (optimizer step 3.5-5x faster on CPU, "
                                      "measured)")
     stop_at_step: int = option(0, "save a checkpoint and exit at this step (time-boxed jobs; run again to resume)")
+    log_samples: bool = option(False, "append the ids of every step's rows to OUTPUT_DIR/samples/rank-R.tsv (attempt, "
+                                      "step, micro-step, ids): shows after a restart that no row was skipped or repeated")
     max_bad_steps: int = option(5, "a step whose loss is NaN/inf on any rank is skipped (no optimizer update) and "
                                    "counted; this many in a row stop the run with a diagnostic (0: never stop)")
+    hang_timeout: float = option(1800, "seconds a rank may stay in one phase of a step (data, forward/backward, "
+                                       "optimizer step), an evaluation, a checkpoint save or the start-up before the "
+                                       "run ends with a report of where each rank is (0: off); a rank stuck in a "
+                                       "collective otherwise hangs the whole run forever")
 
 
 def init_distributed():
@@ -67,6 +77,9 @@ def init_distributed():
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     if not dist.is_initialized():
+        # A build lock left by a killed JIT build of DeepSpeed's ops would make the next line wait forever.
+        one_per_machine = os.environ["LOCAL_RANK"] == "0"
+        watchdog.check_extension_locks(log=(lambda line: print(line, flush=True)) if one_per_machine else None)
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         # Every rank has now mapped every rank's CPU shm allreduce buffer: remove the names right away,
         # so that no ending (failure, SIGTERM, even SIGKILL) leaves 66 MB per rank in /dev/shm.
@@ -261,22 +274,46 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
     `batches` must be a pure function of its arguments (see the module docstring); so is dropout,
     which is reseeded from (seed, step, rank) every micro-step, so evaluating changes nothing in
     training and a resumed run equals an uninterrupted one. `save_files(dir)` writes extra files
-    (tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine."""
+    (tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine. From start-up
+    to the last step a watchdog ends the run when a rank makes no progress for `--hang_timeout`."""
+    rank, world = init_distributed()
+    watchdog.start(args.hang_timeout, rank, world)
+    try:
+        return _train(model_fn, batches, args, flops_per_token=flops_per_token, save_files=save_files,
+                      evaluation=evaluation, hooks=hooks)
+    finally:
+        watchdog.stop()
+
+
+def _train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_files=None,
+           evaluation: Evaluation | None = None, hooks: StepHooks | None = None):
     rank, world = init_distributed()
     hooks = hooks or StepHooks()
-    engine, scheduler, config, flops_per_token = _start_engine(model_fn, args, world, flops_per_token, hooks)
     output_dir = Path(args.output_dir)
-    start = _resume(engine, output_dir, args.resume, rank)
+    chosen = _choose_checkpoint(output_dir, args.resume, rank)
+    args, tag = _fit_to_world_size(chosen, args, world, rank)
+    engine, scheduler, config, flops_per_token = _start_engine(model_fn, args, world, flops_per_token, hooks,
+                                                               universal=tag == UNIVERSAL)
+    start = _resume(engine, chosen, tag, rank)
+    layout = {"world_size": world, "per_device_batch_size": args.per_device_batch_size,
+              "gradient_accumulation_steps": args.gradient_accumulation_steps,
+              "zero_stage": engine.zero_optimization_stage()}
+    save = partial(save_checkpoint, engine, output_dir, keep=args.save_total_limit, rank=rank,
+                   save_files=save_files, layout=layout)
+    sample_log = _sample_log(output_dir, rank) if args.log_samples else None
     log = Logger(args, rank, config)
     best = stored_best(output_dir, start, evaluation.best_metric) if evaluation else None
     losses, meter = [], _Throughput()
     bar = tqdm(total=args.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
     engine.train()
     guard = _NumericGuard(args.max_bad_steps, rank)
+    scale_floor = _LossScaleFloor(rank) if config["fp16"]["enabled"] else None
     for step in range(start, args.max_steps):
-        loss = _train_step(engine, batches, args, step, rank, world, hooks, meter, guard)
+        loss = _train_step(engine, batches, args, step, rank, world, hooks, meter, guard, sample_log)
         done = step + 1
         guard.after(done, loss, scheduler.get_last_lr()[0], output_dir)
+        if scale_floor is not None:
+            scale_floor.check(done, engine.optimizer)
         losses.append((done, loss))
         bar.update(1)
         if done % args.log_steps == 0 or done == args.max_steps:
@@ -284,15 +321,18 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
             log.log(done, metrics)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens/s']:.0f}")
         if evaluation and (done % evaluation.every == 0 or done == args.max_steps):
+            watchdog.beat(done, watchdog.EVALUATION)
             with meter.paused():  # evaluation time does not count as training throughput
                 best = _evaluate_and_keep_best(engine, evaluation, done, output_dir, log, best, rank, save_files)
         if done == args.stop_at_step and done < args.max_steps:
-            save_checkpoint(engine, output_dir, done, args.save_total_limit, rank, save_files)
+            watchdog.beat(done, watchdog.CHECKPOINT_SAVE)
+            save(done)
             if rank == 0:
                 print(f"stopped at step {done} as asked; run again to resume", flush=True)
             break
         if args.save_steps and done % args.save_steps == 0 and done < args.max_steps:
-            save_checkpoint(engine, output_dir, done, args.save_total_limit, rank, save_files)
+            watchdog.beat(done, watchdog.CHECKPOINT_SAVE)
+            save(done)
     bar.close()
     log.close()
     if rank == 0 and not (args.stop_at_step and losses and losses[-1][0] == args.stop_at_step):
@@ -302,11 +342,14 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
     return losses, engine
 
 
-def _start_engine(model_fn, args: TrainArgs, world: int, flops_per_token, hooks: StepHooks):
-    """Model, optimizer and schedule wrapped by DeepSpeed: (engine, scheduler, config, FLOPs per token)."""
+def _start_engine(model_fn, args: TrainArgs, world: int, flops_per_token, hooks: StepHooks, universal=False):
+    """Model, optimizer and schedule wrapped by DeepSpeed: (engine, scheduler, config, FLOPs per token).
+    `universal`: the checkpoint to resume is in DeepSpeed's universal format (another world size)."""
     import deepspeed
 
     config = deepspeed_config(args, world)
+    if universal:
+        config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(args.seed)
     model = build_model(model_fn, config)
     if callable(flops_per_token):  # a function of the built model's config (for MFU on GPU)
@@ -321,38 +364,114 @@ def _start_engine(model_fn, args: TrainArgs, world: int, flops_per_token, hooks:
     return engine, scheduler, config, flops_per_token
 
 
-def _resume(engine, output_dir: Path, resume: bool, rank: int) -> int:
-    """Load the newest complete checkpoint that matches its manifest (when asked and there is one; rank 0
-    checks, every rank loads the one it chose); the step to start from."""
+def _choose_checkpoint(output_dir: Path, resume: bool, rank: int) -> Path | None:
+    """The newest complete checkpoint that matches its manifest, when resuming and there is one (rank 0
+    checks and moves bad ones aside; every rank gets its choice)."""
     if not resume:
-        return 0
+        return None
     chosen = [str(newest_valid_checkpoint(output_dir, log=lambda line: print(line, flush=True)) or "")
               if rank == 0 else None]
     dist.broadcast_object_list(chosen, src=0)
-    if not chosen[0]:
+    return Path(chosen[0]) if chosen[0] else None
+
+
+def _fit_to_world_size(chosen: Path | None, args: TrainArgs, world: int, rank: int):
+    """(args, tag of the state to load). Resuming must keep the global batch (rows per optimizer step):
+    rows are drawn by global micro-batch number, so the same global batch continues the same row order
+    and every row is still seen once per epoch. On another world size the gradient accumulation is
+    changed to keep it, and a ZeRO-partitioned optimizer state is converted once to DeepSpeed's universal
+    format, which any number of ranks loads and re-partitions."""
+    saved = read_layout(chosen) if chosen is not None else None
+    if saved is None:  # nothing to resume, or a checkpoint from before layouts were recorded
+        return args, "state"
+    per_rank = args.per_device_batch_size * world
+    global_batch = saved["per_device_batch_size"] * saved["gradient_accumulation_steps"] * saved["world_size"]
+    if per_rank * args.gradient_accumulation_steps != global_batch:
+        if saved["world_size"] == world or global_batch % per_rank:
+            raise UserError(
+                f"{chosen} was saved with a global batch of {global_batch} rows ({saved['world_size']} rank(s) x "
+                f"{saved['per_device_batch_size']} x {saved['gradient_accumulation_steps']} accumulation); this run "
+                f"has {per_rank * args.gradient_accumulation_steps} ({world} x {args.per_device_batch_size} x "
+                f"{args.gradient_accumulation_steps}), so rows would be skipped or repeated: choose "
+                f"--per_device_batch_size / --gradient_accumulation_steps to keep {global_batch}, or --resume false")
+        accumulation = global_batch // per_rank
+        if rank == 0:
+            print(f"world size {saved['world_size']} -> {world}: gradient accumulation "
+                  f"{args.gradient_accumulation_steps} -> {accumulation} keeps the global batch of {global_batch} rows",
+                  flush=True)
+        args = replace(args, gradient_accumulation_steps=accumulation)
+    if saved["world_size"] == world or not has_zero_partitions(chosen):
+        return args, "state"
+    if rank == 0:
+        print(f"{chosen.name}: re-partitioning the ZeRO optimizer state for {world} rank(s) "
+              f"(universal checkpoint in {chosen.name}/{UNIVERSAL})", flush=True)
+        try:
+            make_universal(chosen)
+        except UserError as why:
+            failed = [str(why)]
+        else:
+            failed = [""]
+    else:
+        failed = [None]
+    dist.broadcast_object_list(failed, src=0)
+    if failed[0]:
+        raise UserError(failed[0])
+    return args, UNIVERSAL
+
+
+def _resume(engine, chosen: Path | None, tag: str, rank: int) -> int:
+    """Load `chosen/tag` into the engine (every rank); the step to start from."""
+    if chosen is None:
         return 0
     load_weights_only(engine)  # a checkpoint folder is a file from elsewhere: tensors only, no pickled code
-    _, client = engine.load_checkpoint(chosen[0], tag="state")
+    _, client = engine.load_checkpoint(str(chosen), tag=tag)
     if rank == 0:
-        print(f"resumed from {chosen[0]} at step {client['step']}", flush=True)
+        print(f"resumed from {chosen} at step {client['step']}", flush=True)
     return client["step"]
 
 
+def _sample_log(output_dir: Path, rank: int):
+    """`log(step, micro, ids)` appending `attempt step micro ids` lines to OUTPUT_DIR/samples/rank-R.tsv;
+    a restarted run appends, so the redone steps show twice, under their attempt numbers."""
+    folder = output_dir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    file = open(folder / f"rank-{rank}.tsv", "a", encoding="utf-8")  # noqa: SIM115 - open for the run
+    number = attempt()
+
+    def log(step: int, micro: int, ids) -> None:
+        file.write(f"{number}\t{step}\t{micro}\t{','.join(map(str, ids))}\n")
+        file.flush()  # a killed process loses nothing it logged
+
+    return log
+
+
 def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: int, hooks: StepHooks, meter,
-                guard=None) -> float:
-    """One optimizer step (its micro-steps); the loss of the last micro-step, averaged over ranks. A
-    non-finite loss in any micro-step on any rank makes `guard` drop the step's gradients (see
-    `_NumericGuard`)."""
+                guard=None, sample_log=None) -> float:
+    """One optimizer step (its micro-steps); its loss, the mean over micro-steps and ranks. A non-finite
+    loss in any micro-step on any rank makes `guard` drop the step's gradients (see `_NumericGuard`).
+    A batch may carry `sample_ids` (its rows' ids), which go to `sample_log(step, micro, ids)`."""
     forward_backward = hooks.forward_backward or _plain_forward_backward
-    finite = True
+    finite, total = True, 0.0
+    watchdog.beat(step + 1, watchdog.DATA)
+    _hang_if_asked(step + 1, rank)
     for micro in range(args.gradient_accumulation_steps):
+        watchdog.beat(step + 1, watchdog.DATA)
         index = step * args.gradient_accumulation_steps + micro
-        torch.manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)  # dropout, per (step, rank)
+        # Dropout is seeded by the global micro-batch number (index * world + rank), the same number the
+        # rows are drawn by: a run resumed on another world size (with the global batch kept) draws alike.
+        torch.manual_seed(args.seed * 1_000_003 + index * world + rank)
         batch = batches(index, rank, world)
+        ids = batch.pop("sample_ids", None)
+        if sample_log is not None and ids is not None:
+            sample_log(step + 1, micro, ids)
         meter.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        watchdog.beat(step + 1, watchdog.FORWARD_BACKWARD)
         loss = (_nan_forward_backward if _nan_fault(step + 1) else forward_backward)(engine, batch)
+        kill_if_asked("step", step + 1, rank)
         finite = finite and bool(torch.isfinite(loss.detach()).all())
+        total = total + loss.detach().float()
+        watchdog.beat(step + 1, watchdog.OPTIMIZER_STEP)
         if guard is not None and engine.is_gradient_accumulation_boundary():
             guard.before_step(engine, finite)
         if hooks.before_step:
@@ -361,7 +480,8 @@ def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: i
             engine.step()
         if hooks.after_step:
             hooks.after_step(engine)
-    loss = loss.detach().float()
+    loss = total / args.gradient_accumulation_steps  # the step's loss: the mean over micro-steps and ranks
+    watchdog.beat(step + 1, watchdog.LOSS_REDUCE)
     dist.all_reduce(loss)
     return loss.item() / world
 
@@ -372,6 +492,21 @@ NAN_FAULT_ENV = "SUJI_FAULT_NAN_LOSS_AT"  # tests: "3,4,5" makes the loss of the
 def _nan_fault(step: int) -> bool:
     steps = os.environ.get(NAN_FAULT_ENV)
     return bool(steps) and str(step) in steps.split(",")
+
+
+HANG_FAULT_ENV = "SUJI_FAULT_HANG_AT"  # tests: "5:1" makes rank 1 sleep forever at the start of step 5
+
+
+def _hang_if_asked(step: int, rank: int) -> None:
+    """Fault injection for the watchdog's tests: sleep forever when $SUJI_FAULT_HANG_AT lists STEP:RANK
+    (comma-separated pairs), on the first attempt of a run only (a restarted run goes past it)."""
+    spec = os.environ.get(HANG_FAULT_ENV)
+    if not spec or attempt() > 0:
+        return
+    if f"{step}:{rank}" in spec.replace(" ", "").split(","):
+        print(f"[fault] rank {rank} hangs at the start of step {step}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
 
 
 def _nan_forward_backward(engine, batch):
@@ -476,12 +611,64 @@ class _Throughput:
         self.since += time.time() - started
 
 
+def loss_scale_and_floor(optimizer) -> tuple[float | None, float | None]:
+    """(current fp16 loss scale, its floor) of a DeepSpeed optimizer; None for what it does not have
+    (bf16 / fp32: no scaling; a static scale: no floor). Where DeepSpeed keeps them:
+
+    - no ZeRO (`FP16_Optimizer`, `FP16_UnfusedOptimizer`): a `LossScaleConfig` in `loss_scale_config`
+      (`cur_scale`, `min_loss_scale` when `dynamic_loss_scale`; `use_grad_scaling` False for bf16 / fp32);
+    - ZeRO 1/2 (`DeepSpeedZeroOptimizer`) and 3 (`DeepSpeedZeroOptimizer_Stage3`): a `DynamicLossScaler`
+      (`cur_scale`, `min_scale`, `dynamic`) or a static `LossScaler` in `loss_scaler`;
+    - a scale set from outside (`custom_loss_scaler`) wins in both, as their `loss_scale` property says.
+    The floor is the config's `fp16.min_loss_scale` (default 1). A bare `LossScaleConfig` or loss scaler
+    is accepted too."""
+    config = getattr(optimizer, "loss_scale_config", None)
+    if config is None and hasattr(optimizer, "use_grad_scaling"):
+        config = optimizer
+    if config is not None:
+        if not config.use_grad_scaling:
+            return None, None
+        scale, floor = config.cur_scale, (config.min_loss_scale if config.dynamic_loss_scale else None)
+    else:
+        scaler = getattr(optimizer, "loss_scaler", None) or (optimizer if hasattr(optimizer, "cur_scale") else None)
+        if scaler is None:
+            return None, None
+        scale, floor = scaler.cur_scale, (getattr(scaler, "min_scale", None) if getattr(scaler, "dynamic", False)
+                                          else None)
+    if getattr(optimizer, "custom_loss_scaler", False):
+        scale, floor = optimizer.external_loss_scale, None
+    return (None if scale is None else float(scale)), (None if floor is None else float(floor))
+
+
+class _LossScaleFloor:
+    """fp16: a warning on rank 0 when the dynamic loss scale reaches its floor: gradients overflow even at
+    the smallest scale, so steps are skipped (under ZeRO DeepSpeed raises when it overflows there again).
+    Printed once, and again only after the scale has risen above the floor and fallen back."""
+
+    def __init__(self, rank: int):
+        self.rank, self.at_floor = rank, False
+
+    def check(self, step: int, optimizer) -> str | None:
+        scale, floor = loss_scale_and_floor(optimizer)
+        at_floor = scale is not None and floor is not None and scale <= floor
+        message = None
+        if at_floor and not self.at_floor:
+            message = (f"warning: step {step}: the fp16 loss scale reached its floor ({scale:g}, DeepSpeed's "
+                       "fp16.min_loss_scale): the gradients overflow even at the smallest scale, so steps are skipped "
+                       "(under ZeRO DeepSpeed stops the run if it overflows there again); lower --learning_rate, check "
+                       "the data, or train in bf16")
+            if self.rank == 0:
+                print(message, flush=True)
+        self.at_floor = at_floor
+        return message
+
+
 def _progress(engine, scheduler, config: dict, loss: float, meter: _Throughput, world: int, flops_per_token) -> dict:
     metrics = {"loss": loss, "lr": scheduler.get_last_lr()[0], "tokens/s": meter.rate(world)}
     if flops_per_token and torch.cuda.is_available():
         metrics["mfu"] = flops_per_token * metrics["tokens/s"] / (peak_flops() * world)
     if config["fp16"]["enabled"]:  # dynamic loss scaling: how often it overflowed, and the scale
-        metrics["loss_scale"] = float(getattr(engine.optimizer, "cur_scale", 0.0))
+        metrics["loss_scale"] = loss_scale_and_floor(engine.optimizer)[0] or 0.0
         metrics["skipped_steps"] = int(engine.skipped_steps)
     return metrics
 

@@ -147,14 +147,18 @@ def _run(objective: str, model_class, argv=None, **defaults):
     first_batch = {}  # kept for the export check (a stream cannot be rewound to ask again)
 
     def batches(index: int, rank: int, world: int):
+        ids = source.indices(index, rank, world) if isinstance(source, RowSource) else None
         picked = source.rows(index, rank, world)
         if not data.packing_mask:
             picked = [{k: v for k, v in r.items() if k != "document_ids"} for r in picked]
-        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + index) * 1009 + rank)
+        # masks drawn by global micro-batch number, as the rows are (the same on any world size)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + index * world + rank)
         batch = collate(picked, tokenizer=tokenizer, generator=gen)
         batch.pop("truncated", None)
         if not first_batch:
             first_batch.update(batch)
+        if ids is not None:
+            batch["sample_ids"] = ids  # for --log_samples; the loop takes it out before the forward pass
         return batch
 
     def make_model():
