@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent('''
     from torch import nn
     import transformers
     import deepspeed
-    from suji_models.training import loop
+    from suji_models.training import faults, loop
     from suji_models.training.checkpoint import complete_checkpoints, verify_checkpoint
     from suji_models.training.errors import UserError
 
@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent('''
         return [t.detach().clone() for state in base.state.values() for t in state.values() if torch.is_tensor(t)]
 
     def run(out, stage, nan_steps, max_bad, max_steps=6, save_steps=0):
-        os.environ[loop.NAN_FAULT_ENV] = nan_steps
+        os.environ[faults.NAN_FAULT_ENV] = nan_steps
         snapshots = {}
 
         def after_step(engine):

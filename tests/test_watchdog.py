@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from suji_models.training import errors, loop, watchdog
+from suji_models.training import errors, faults, guards, watchdog
 
 from .conftest import REPO_ROOT
 from .test_error_tails import last_line, no_buffers_left, pretrain
@@ -118,7 +118,7 @@ def test_a_hung_rank_ends_the_run_with_a_report(tmp_path, monkeypatch):
     """Rank 1 sleeps forever at the start of step 5; rank 0 blocks in the gradient all-reduce. With
     --hang_timeout 20 the run ends (instead of hanging) with one report naming rank 1, step 5 and where
     rank 0 waits, read through the default store while rank 0's main thread is blocked in gloo."""
-    monkeypatch.setenv(loop.HANG_FAULT_ENV, "5:1")
+    monkeypatch.setenv(faults.HANG_FAULT_ENV, "5:1")
     port = free_port()
     started = time.monotonic()
     code, log = launch("pretrain/run_mlm.py", "--train_file", CLUE, "--max_steps", 8, "--output_dir", tmp_path / "run",
@@ -236,9 +236,9 @@ def test_loss_scale_floor_is_found_and_warned_once_per_fall(kind, monkeypatch, c
                  "fp16_fused": (_fp16_optimizer, FP16_Optimizer),
                  "fp16_unfused": (_fp16_optimizer, FP16_UnfusedOptimizer)}[kind]
     optimizer, update = make(cls, 16.0)
-    assert loop.loss_scale_and_floor(optimizer) == (16.0, 1.0)
+    assert guards.loss_scale_and_floor(optimizer) == (16.0, 1.0)
     assert optimizer.loss_scale == 16.0  # the optimizer's own view agrees
-    floor = loop._LossScaleFloor(rank=0)
+    floor = guards.LossScaleFloor(rank=0)
     no_zero = kind.startswith("fp16")
     # 16 -> 8 -> 4 -> 2 -> 1 (the floor; without ZeRO one more overflow stays there), three clean steps
     # (a scale window of 2) double it to 2, one overflow brings it back to the floor
@@ -247,7 +247,7 @@ def test_loss_scale_floor_is_found_and_warned_once_per_fall(kind, monkeypatch, c
     for step, overflow in enumerate(overflows, 1):
         update(overflow)
         warnings.append(floor.check(step, optimizer))
-        scales.append(loop.loss_scale_and_floor(optimizer)[0])
+        scales.append(guards.loss_scale_and_floor(optimizer)[0])
     assert scales == [8, 4, 2, 1] + [1] * no_zero + [1, 1, 2, 1], scales
     expected_at = [4, 9] if no_zero else [4, 8]  # warned when it reaches the floor, and after it falls back
     assert [i + 1 for i, w in enumerate(warnings) if w] == expected_at, warnings
@@ -262,10 +262,10 @@ def test_loss_scale_floor_is_found_and_warned_once_per_fall(kind, monkeypatch, c
 def test_loss_scale_without_dynamic_scaling():
     from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler, LossScaleConfig
 
-    assert loop.loss_scale_and_floor(LossScaleConfig(torch.bfloat16, True, 1.0, None)) == (None, None)  # bf16: none
-    assert loop.loss_scale_and_floor(LossScaleConfig(torch.half, False, 128.0, None)) == (128.0, None)  # static
-    assert loop.loss_scale_and_floor(CreateLossScaler(torch.half, 64.0, False, None)) == (64.0, None)
-    assert loop.loss_scale_and_floor(object()) == (None, None)
-    silent = loop._LossScaleFloor(rank=1)
+    assert guards.loss_scale_and_floor(LossScaleConfig(torch.bfloat16, True, 1.0, None)) == (None, None)  # bf16: none
+    assert guards.loss_scale_and_floor(LossScaleConfig(torch.half, False, 128.0, None)) == (128.0, None)  # static
+    assert guards.loss_scale_and_floor(CreateLossScaler(torch.half, 64.0, False, None)) == (64.0, None)
+    assert guards.loss_scale_and_floor(object()) == (None, None)
+    silent = guards.LossScaleFloor(rank=1)
     static = CreateLossScaler(torch.half, 1.0, False, None)
     assert silent.check(1, static) is None  # a static scale of 1 is no floor

@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .faults import kill_if_asked
+from .faults import ENOSPC_ENV as FAULT_ENV  # noqa: F401 (tests name it here)
+from .faults import enospc_if_asked, kill_if_asked
 
 
 MANIFEST = "MANIFEST.json"
 LAYOUT = "layout.json"  # world size, per-device batch, accumulation and ZeRO stage of the run that saved it
 UNIVERSAL = "universal"  # DeepSpeed's universal copy of `state`, made when the world size changes
 MARKER = "COMPLETE"
-FAULT_ENV = "SUJI_FAULT_ENOSPC_AT_SAVE"  # tests: a save at this step fails as on a full disk
 
 
 def complete_checkpoints(output_dir: Path):
@@ -135,11 +135,6 @@ def _intact_message(output_dir: Path, step: int) -> str:
     return f"{previous[-1].name} is intact" if problem is None else f"{previous[-1].name} is bad too ({problem})"
 
 
-def _fail_if_asked(step: int) -> None:
-    if os.environ.get(FAULT_ENV) == str(step):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"checkpoint-{step} (fault injected by {FAULT_ENV})")
-
-
 def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None,
                     layout: dict | None = None):
     """Every rank writes its shard; after a barrier rank 0 adds config, `save_files` and the run's
@@ -156,7 +151,7 @@ def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, s
     dist.barrier()
     try:
         engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
-        _fail_if_asked(step)  # the shards are written, the disk fills up before the checkpoint is complete
+        enospc_if_asked(step)  # the shards are written, the disk fills up before the checkpoint is complete
         kill_if_asked("save", step, rank)
         dist.barrier()  # every rank has written its shard
         if rank == 0:

@@ -28,7 +28,8 @@ from .errors import unlink_shm_allreduce_buffer as _unlink_shm_allreduce_buffer 
 from .checkpoint import (UNIVERSAL, has_zero_partitions, load_weights_only, make_universal, newest_valid_checkpoint,
                          read_layout, save_best, save_checkpoint, stored_best)
 from . import watchdog
-from .faults import attempt, kill_if_asked
+from .faults import attempt, hang_if_asked, kill_if_asked, nan_fault, nan_forward_backward
+from .guards import LossScaleFloor, NumericGuard, loss_scale_and_floor
 from .options import option
 
 
@@ -306,8 +307,8 @@ def _train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_fil
     losses, meter = [], _Throughput()
     bar = tqdm(total=args.max_steps, initial=start, disable=rank != 0 or not sys.stderr.isatty(), desc="train")
     engine.train()
-    guard = _NumericGuard(args.max_bad_steps, rank)
-    scale_floor = _LossScaleFloor(rank) if config["fp16"]["enabled"] else None
+    guard = NumericGuard(args.max_bad_steps, rank)
+    scale_floor = LossScaleFloor(rank) if config["fp16"]["enabled"] else None
     for step in range(start, args.max_steps):
         loss = _train_step(engine, batches, args, step, rank, world, hooks, meter, guard, sample_log)
         done = step + 1
@@ -448,12 +449,12 @@ def _sample_log(output_dir: Path, rank: int):
 def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: int, hooks: StepHooks, meter,
                 guard=None, sample_log=None) -> float:
     """One optimizer step (its micro-steps); its loss, the mean over micro-steps and ranks. A non-finite
-    loss in any micro-step on any rank makes `guard` drop the step's gradients (see `_NumericGuard`).
+    loss in any micro-step on any rank makes `guard` drop the step's gradients (see `guards.NumericGuard`).
     A batch may carry `sample_ids` (its rows' ids), which go to `sample_log(step, micro, ids)`."""
     forward_backward = hooks.forward_backward or _plain_forward_backward
     finite, total = True, 0.0
     watchdog.beat(step + 1, watchdog.DATA)
-    _hang_if_asked(step + 1, rank)
+    hang_if_asked(step + 1, rank)
     for micro in range(args.gradient_accumulation_steps):
         watchdog.beat(step + 1, watchdog.DATA)
         index = step * args.gradient_accumulation_steps + micro
@@ -467,7 +468,7 @@ def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: i
         meter.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         batch = {k: v.to(engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         watchdog.beat(step + 1, watchdog.FORWARD_BACKWARD)
-        loss = (_nan_forward_backward if _nan_fault(step + 1) else forward_backward)(engine, batch)
+        loss = (nan_forward_backward if nan_fault(step + 1) else forward_backward)(engine, batch)
         kill_if_asked("step", step + 1, rank)
         finite = finite and bool(torch.isfinite(loss.detach()).all())
         total = total + loss.detach().float()
@@ -486,113 +487,6 @@ def _train_step(engine, batches, args: TrainArgs, step: int, rank: int, world: i
     return loss.item() / world
 
 
-NAN_FAULT_ENV = "SUJI_FAULT_NAN_LOSS_AT"  # tests: "3,4,5" makes the loss of these steps NaN
-
-
-def _nan_fault(step: int) -> bool:
-    steps = os.environ.get(NAN_FAULT_ENV)
-    return bool(steps) and str(step) in steps.split(",")
-
-
-HANG_FAULT_ENV = "SUJI_FAULT_HANG_AT"  # tests: "5:1" makes rank 1 sleep forever at the start of step 5
-
-
-def _hang_if_asked(step: int, rank: int) -> None:
-    """Fault injection for the watchdog's tests: sleep forever when $SUJI_FAULT_HANG_AT lists STEP:RANK
-    (comma-separated pairs), on the first attempt of a run only (a restarted run goes past it)."""
-    spec = os.environ.get(HANG_FAULT_ENV)
-    if not spec or attempt() > 0:
-        return
-    if f"{step}:{rank}" in spec.replace(" ", "").split(","):
-        print(f"[fault] rank {rank} hangs at the start of step {step}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(3600)
-
-
-def _nan_forward_backward(engine, batch):
-    """Fault injection for the tests: the loss times NaN, so backward fills every gradient with NaN
-    as a real overflow would."""
-    loss = engine(**batch).loss * float("nan")
-    engine.backward(loss)
-    return loss
-
-
-def _parameters_with_grad(engine):
-    return [p for p in engine.module.parameters() if p.grad is not None]
-
-
-class _NumericGuard:
-    """A step whose loss is NaN or inf on any rank (a flag all-reduced, so every rank decides alike)
-    updates nothing: without ZeRO the gradients are zeroed (so clipping sees finite numbers) and the
-    optimizer's own `step` is a no-op during that `engine.step()`, so weights, moments and step count
-    stay as they were while DeepSpeed's counters and the learning-rate schedule advance; under ZeRO,
-    DeepSpeed's own check of the gradient norm (ZeRO-1/2/3, also in fp32) skips the update and the
-    schedule and clears the gradients, which is verified with `engine.was_step_applied()`. `max_bad`
-    such steps in a row end the run with a UserError naming step, loss, gradient norm and learning
-    rate; the checkpoints already written are left as they are."""
-
-    def __init__(self, max_bad: int, rank: int):
-        self.max_bad, self.rank = max_bad, rank
-        self.in_row = self.skipped = 0
-        self.bad = False
-        self.grad_norm = self.engine = None
-
-    def before_step(self, engine, finite: bool) -> None:
-        self.engine = engine
-        flag = torch.tensor([0.0 if finite else 1.0], device=engine.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self.bad = bool(flag.item())
-        if not self.bad:
-            return
-        self.grad_norm = None
-        params = _parameters_with_grad(engine)
-        if params:  # plain (non-ZeRO) engine: the gradients are still on the parameters
-            self.grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(p.grad.detach().float()) for p in params])))
-        if not engine.zero_optimization():
-            for p in params:
-                p.grad.zero_()
-
-    @contextlib.contextmanager
-    def stepping(self, engine):
-        """Around `engine.step()`: on a bad step without ZeRO the wrapped optimizer does nothing."""
-        if not (self.bad and not engine.zero_optimization()):
-            yield
-            return
-        optimizer = engine.optimizer
-        optimizer.step = lambda *args, **kwargs: None  # an instance attribute hides the method
-        try:
-            yield
-        finally:
-            del optimizer.step
-
-    def after(self, step: int, loss: float, lr: float, output_dir: Path) -> None:
-        if not self.bad:
-            self.in_row = 0
-            return
-        self.bad = False
-        self.skipped += 1
-        self.in_row += 1
-        engine = self.engine
-        if engine is not None and engine.zero_optimization() and engine.was_step_applied():
-            raise RuntimeError(f"step {step}: non-finite loss but DeepSpeed applied the update")
-        if self.grad_norm is None and engine is not None:
-            norm = engine.get_global_grad_norm()
-            self.grad_norm = None if norm is None else float(norm)
-        norm = "n/a" if self.grad_norm is None else f"{self.grad_norm:.4g}"
-        if self.rank == 0:
-            print(f"step {step}: non-finite loss {loss} (grad norm {norm}); step skipped, "
-                  f"{self.in_row} in a row", flush=True)
-        if self.max_bad and self.in_row >= self.max_bad:
-            from .checkpoint import complete_checkpoints
-
-            kept = complete_checkpoints(output_dir)
-            raise UserError(f"{self.in_row} steps in a row with a non-finite loss (--max_bad_steps {self.max_bad}): "
-                            f"step {step}, loss {loss}, grad norm {norm}, learning rate {lr:.4g}; "
-                            + (f"{kept[-1].name} is the last good checkpoint" if kept else "no checkpoint was saved")
-                            + " (lower --learning_rate, check the data of these steps, or raise --max_bad_steps)")
-
-
 class _Throughput:
     """Tokens per second since the last progress line, not counting evaluation."""
 
@@ -609,58 +503,6 @@ class _Throughput:
         started = time.time()
         yield
         self.since += time.time() - started
-
-
-def loss_scale_and_floor(optimizer) -> tuple[float | None, float | None]:
-    """(current fp16 loss scale, its floor) of a DeepSpeed optimizer; None for what it does not have
-    (bf16 / fp32: no scaling; a static scale: no floor). Where DeepSpeed keeps them:
-
-    - no ZeRO (`FP16_Optimizer`, `FP16_UnfusedOptimizer`): a `LossScaleConfig` in `loss_scale_config`
-      (`cur_scale`, `min_loss_scale` when `dynamic_loss_scale`; `use_grad_scaling` False for bf16 / fp32);
-    - ZeRO 1/2 (`DeepSpeedZeroOptimizer`) and 3 (`DeepSpeedZeroOptimizer_Stage3`): a `DynamicLossScaler`
-      (`cur_scale`, `min_scale`, `dynamic`) or a static `LossScaler` in `loss_scaler`;
-    - a scale set from outside (`custom_loss_scaler`) wins in both, as their `loss_scale` property says.
-    The floor is the config's `fp16.min_loss_scale` (default 1). A bare `LossScaleConfig` or loss scaler
-    is accepted too."""
-    config = getattr(optimizer, "loss_scale_config", None)
-    if config is None and hasattr(optimizer, "use_grad_scaling"):
-        config = optimizer
-    if config is not None:
-        if not config.use_grad_scaling:
-            return None, None
-        scale, floor = config.cur_scale, (config.min_loss_scale if config.dynamic_loss_scale else None)
-    else:
-        scaler = getattr(optimizer, "loss_scaler", None) or (optimizer if hasattr(optimizer, "cur_scale") else None)
-        if scaler is None:
-            return None, None
-        scale, floor = scaler.cur_scale, (getattr(scaler, "min_scale", None) if getattr(scaler, "dynamic", False)
-                                          else None)
-    if getattr(optimizer, "custom_loss_scaler", False):
-        scale, floor = optimizer.external_loss_scale, None
-    return (None if scale is None else float(scale)), (None if floor is None else float(floor))
-
-
-class _LossScaleFloor:
-    """fp16: a warning on rank 0 when the dynamic loss scale reaches its floor: gradients overflow even at
-    the smallest scale, so steps are skipped (under ZeRO DeepSpeed raises when it overflows there again).
-    Printed once, and again only after the scale has risen above the floor and fallen back."""
-
-    def __init__(self, rank: int):
-        self.rank, self.at_floor = rank, False
-
-    def check(self, step: int, optimizer) -> str | None:
-        scale, floor = loss_scale_and_floor(optimizer)
-        at_floor = scale is not None and floor is not None and scale <= floor
-        message = None
-        if at_floor and not self.at_floor:
-            message = (f"warning: step {step}: the fp16 loss scale reached its floor ({scale:g}, DeepSpeed's "
-                       "fp16.min_loss_scale): the gradients overflow even at the smallest scale, so steps are skipped "
-                       "(under ZeRO DeepSpeed stops the run if it overflows there again); lower --learning_rate, check "
-                       "the data, or train in bf16")
-            if self.rank == 0:
-                print(message, flush=True)
-        self.at_floor = at_floor
-        return message
 
 
 def _progress(engine, scheduler, config: dict, loss: float, meter: _Throughput, world: int, flops_per_token) -> dict:
