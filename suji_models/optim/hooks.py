@@ -3,9 +3,9 @@
 A recipe's options dataclass inherits :class:`TrickOptions`; its task's `step_hooks(args)` returns
 :func:`step_hooks` (None when no trick is switched on, so the plain step runs unchanged).
 
-Not here yet: EMA. Its shadow weights must be swapped in around evaluation and the saving of the best
-checkpoint, which the loop has no hook for; :class:`suji_models.optim.EMA` is ready for it
-(`after_step`, `applied(engine)`, `state_dict`).
+EMA (--ema DECAY) moves its average after every optimizer step (`after_step`), evaluation and the
+saved best / final model use the averaged weights (`weights`), and its shadow weights go into every
+resumable checkpoint (`state`), so a resumed run continues the same average.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..training.options import option
-from . import OPTIMIZERS, FGM, ChildTuningD, ChildTuningF, GradientPenalty, RDrop, build_optimizer, check_zero_stage
+from . import EMA, OPTIMIZERS, FGM, ChildTuningD, ChildTuningF, GradientPenalty, RDrop, build_optimizer, check_zero_stage
 
 
 @dataclass
@@ -31,6 +31,8 @@ class TrickOptions:
                                                              "or -D (fixed mask from the Fisher information)")
     child_tuning_reserve: float = option(0.3, "ChildTuning: the fraction of gradients kept")
     child_tuning_batches: int = option(16, "ChildTuning-D: training batches the Fisher information sums over")
+    ema: float = option(0.0, "exponential moving average of the weights with this decay (e.g. 0.999; 0: off): "
+                             "evaluation and the saved model use the averaged weights (not under ZeRO-3)")
 
 
 def zero_stage_of(args) -> int:
@@ -60,6 +62,9 @@ def step_hooks(options: TrickOptions, args, fisher_batches=None):
         child = ChildTuningD(options.child_tuning_reserve)
     if child is not None:
         tricks.append(child)
+    ema = EMA(options.ema) if options.ema else None
+    if ema is not None:
+        tricks.append(ema)
     check_zero_stage(tricks, stage)
     if options.optimizer == "adafactor" and stage:
         raise ValueError("adafactor needs each parameter's matrix shape, which ZeRO flattens away; "
@@ -83,4 +88,5 @@ def step_hooks(options: TrickOptions, args, fisher_batches=None):
         return build_optimizer(model, options.optimizer, train_args.learning_rate, train_args.weight_decay,
                                options.layer_decay, stage, fused=getattr(train_args, "fused_adamw", False))
 
-    return StepHooks(forward_backward=forward_backward, optimizer=optimizer)
+    return StepHooks(forward_backward=forward_backward, optimizer=optimizer,
+                     after_step=ema.after_step if ema else None, weights=ema.applied if ema else None, state=ema)

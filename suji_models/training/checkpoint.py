@@ -136,10 +136,11 @@ def _intact_message(output_dir: Path, step: int) -> str:
 
 
 def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, save_files=None,
-                    layout: dict | None = None):
+                    layout: dict | None = None, state=None):
     """Every rank writes its shard; after a barrier rank 0 adds config, `save_files` and the run's
     `layout` (world size and batch shape, read back by `read_layout`), then the manifest and the
-    COMPLETE marker, and only then removes checkpoints beyond `keep`. A full disk is a UserError
+    COMPLETE marker, and only then removes checkpoints beyond `keep`. `state` (a training trick's, with
+    `state_dict()`) is saved in DeepSpeed's client state, beside the step. A full disk is a UserError
     saying which checkpoint is still intact."""
     from .errors import UserError
 
@@ -150,7 +151,8 @@ def save_checkpoint(engine, output_dir: Path, step: int, keep: int, rank: int, s
             (path / name).unlink(missing_ok=True)
     dist.barrier()
     try:
-        engine.save_checkpoint(str(path), tag="state", client_state={"step": step})
+        client = {"step": step} if state is None else {"step": step, "trick_state": state.state_dict()}
+        engine.save_checkpoint(str(path), tag="state", client_state=client)
         enospc_if_asked(step)  # the shards are written, the disk fills up before the checkpoint is complete
         kill_if_asked("save", step, rank)
         dist.barrier()  # every rank has written its shard

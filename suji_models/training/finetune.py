@@ -27,6 +27,7 @@ every rank.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -350,11 +351,12 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
 
     started = time.time()
     evaluation = Evaluation(evaluate, eval_steps, task.best_metric, task.greater_is_better) if dev_examples else None
+    hooks = task.step_hooks(args)
     losses, engine = train(lambda: task.build_model(config, common.model or None), batches, args,
-                           save_files=task.tokenizer.save_pretrained, evaluation=evaluation,
-                           hooks=task.step_hooks(args))
+                           save_files=task.tokenizer.save_pretrained, evaluation=evaluation, hooks=hooks)
     if not dev_examples:
-        save_final(engine, args.output_dir, task.tokenizer, export=False)
+        with hooks.evaluated_weights(engine) if hooks is not None else contextlib.nullcontext():
+            save_final(engine, args.output_dir, task.tokenizer, export=False)
     release_zero3_hook()
     record = {}
     best = Path(args.output_dir) / "best" / "eval_metrics.json"

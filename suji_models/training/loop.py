@@ -254,12 +254,20 @@ class StepHooks:
     adversarial training, gradient penalty); `before_step(engine)` runs after backward and before
     `engine.step()` (a gradient mask such as ChildTuning's) and `after_step(engine)` after it (EMA);
     both run every micro-step: `engine.is_gradient_accumulation_boundary()` tells when the optimizer
-    really steps. `optimizer(model, args)` builds the optimizer (AdaX, layer-wise learning rates)."""
+    really steps. `optimizer(model, args)` builds the optimizer (AdaX, layer-wise learning rates).
+    `weights(engine)` is a context in which the module carries the weights to evaluate and to save as
+    the best / final model (EMA's average); `state` an object with `state_dict()` / `load_state_dict()`
+    whose state goes into every resumable checkpoint (EMA's shadow weights), so a resumed run goes on alike."""
 
     forward_backward: Callable | None = None
     before_step: Callable | None = None
     after_step: Callable | None = None
     optimizer: Callable | None = None
+    weights: Callable | None = None
+    state: object | None = None
+
+    def evaluated_weights(self, engine):
+        return self.weights(engine) if self.weights is not None else contextlib.nullcontext()
 
 
 def _plain_forward_backward(engine, batch):
@@ -295,12 +303,12 @@ def _train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_fil
     args, tag = _fit_to_world_size(chosen, args, world, rank)
     engine, scheduler, config, flops_per_token = _start_engine(model_fn, args, world, flops_per_token, hooks,
                                                                universal=tag == UNIVERSAL)
-    start = _resume(engine, chosen, tag, rank)
+    start = _resume(engine, chosen, tag, rank, hooks.state)
     layout = {"world_size": world, "per_device_batch_size": args.per_device_batch_size,
               "gradient_accumulation_steps": args.gradient_accumulation_steps,
               "zero_stage": engine.zero_optimization_stage()}
     save = partial(save_checkpoint, engine, output_dir, keep=args.save_total_limit, rank=rank,
-                   save_files=save_files, layout=layout)
+                   save_files=save_files, layout=layout, state=hooks.state)
     sample_log = _sample_log(output_dir, rank) if args.log_samples else None
     log = Logger(args, rank, config)
     best = stored_best(output_dir, start, evaluation.best_metric) if evaluation else None
@@ -324,7 +332,8 @@ def _train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_fil
         if evaluation and (done % evaluation.every == 0 or done == args.max_steps):
             watchdog.beat(done, watchdog.EVALUATION)
             with meter.paused():  # evaluation time does not count as training throughput
-                best = _evaluate_and_keep_best(engine, evaluation, done, output_dir, log, best, rank, save_files)
+                with hooks.evaluated_weights(engine):
+                    best = _evaluate_and_keep_best(engine, evaluation, done, output_dir, log, best, rank, save_files)
         if done == args.stop_at_step and done < args.max_steps:
             watchdog.beat(done, watchdog.CHECKPOINT_SAVE)
             save(done)
@@ -349,6 +358,8 @@ def _start_engine(model_fn, args: TrainArgs, world: int, flops_per_token, hooks:
     import deepspeed
 
     config = deepspeed_config(args, world)
+    if hooks.optimizer is not None:  # our own optimizers (AdaX) are elementwise: fine on ZeRO's flat partitions
+        config["zero_allow_untested_optimizer"] = True
     if universal:
         config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(args.seed)
@@ -420,12 +431,17 @@ def _fit_to_world_size(chosen: Path | None, args: TrainArgs, world: int, rank: i
     return args, UNIVERSAL
 
 
-def _resume(engine, chosen: Path | None, tag: str, rank: int) -> int:
-    """Load `chosen/tag` into the engine (every rank); the step to start from."""
+def _resume(engine, chosen: Path | None, tag: str, rank: int, state=None) -> int:
+    """Load `chosen/tag` into the engine (every rank), and `state`'s part (a trick's); the step to start from."""
     if chosen is None:
         return 0
     load_weights_only(engine)  # a checkpoint folder is a file from elsewhere: tensors only, no pickled code
     _, client = engine.load_checkpoint(str(chosen), tag=tag)
+    if state is not None:
+        if "trick_state" not in client:
+            raise UserError(f"{chosen} holds no state of {type(state).__name__} (saved without it): resume with the "
+                            "same training tricks, or --resume false")
+        state.load_state_dict(client["trick_state"])
     if rank == 0:
         print(f"resumed from {chosen} at step {client['step']}", flush=True)
     return client["step"]

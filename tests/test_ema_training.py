@@ -1,0 +1,109 @@
+"""EMA in the training loop (--ema, suji_models.optim.hooks): inside a real DeepSpeed engine (one CPU
+process, ZeRO-2), evaluation sees the averaged weights, training goes on from the raw ones, the best
+model saved is the average, and a run stopped and resumed ends with the same average as an
+uninterrupted one (the shadow weights are in every resumable checkpoint)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from .conftest import REPO_ROOT
+from .test_pretrain_e2e import free_port
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    from types import SimpleNamespace
+    import torch
+    from torch import nn
+    import transformers
+    from safetensors.torch import load_file
+    from suji_models.optim.hooks import TrickOptions, step_hooks
+    from suji_models.training import loop
+
+    DECAY = 0.5
+
+    class Out:
+        def __init__(self, loss):
+            self.loss = loss
+
+    class Tiny(transformers.PreTrainedModel):
+        config_class = transformers.PretrainedConfig
+
+        def __init__(self, config=None):
+            super().__init__(config or transformers.PretrainedConfig())
+            self.emb = nn.Embedding(12, 8)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, input_ids, labels):
+            return Out(nn.functional.cross_entropy(self.out(self.emb(input_ids).mean(1)), labels))
+
+    def batches(index, rank, world):
+        g = torch.Generator().manual_seed(index)
+        return {"input_ids": torch.randint(0, 12, (4, 5), generator=g),
+                "labels": torch.randint(0, 3, (4,), generator=g)}
+
+    def weights(module):
+        return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    def run(out, stop_at_step=0):
+        args = loop.TrainArgs(output_dir=out, max_steps=6, per_device_batch_size=4, warmup_steps=1, learning_rate=0.05,
+                              log_steps=1, zero_stage=2, save_steps=0, stop_at_step=stop_at_step)
+        hooks = step_hooks(TrickOptions(ema=DECAY), SimpleNamespace(deepspeed_config=None, zero_stage=2, seed=0,
+                                                                    learning_rate=0.05, weight_decay=0.0))
+        raw, seen = [], {}
+        after = hooks.after_step
+
+        def after_step(engine):
+            after(engine)
+            raw.append(weights(engine.module))
+
+        hooks.after_step = after_step
+
+        def evaluate(engine, step):
+            seen[step] = weights(engine.module)
+            return {"score": -float(step)}  # the first evaluation stays the best
+
+        evaluation = loop.Evaluation(evaluate, every=3, best_metric="score")
+        losses, engine = loop.train(Tiny, batches, args, evaluation=evaluation, hooks=hooks)
+        return raw, seen, engine, hooks.state
+
+    def close(a, b):
+        return all(torch.allclose(a[n], b[n], atol=1e-6, rtol=0) for n in a)
+
+    out = sys.argv[1]
+    raw, seen, engine, ema = run(out + "/full")
+    # the average by hand: it starts at the weights after step 1, then shadow <- d * shadow + (1 - d) * theta
+    shadow = {n: t.clone() for n, t in raw[0].items()}
+    by_hand = {}
+    for step, theta in enumerate(raw[1:], start=2):
+        shadow = {n: DECAY * shadow[n] + (1 - DECAY) * theta[n] for n in shadow}
+        by_hand[step] = {n: t.clone() for n, t in shadow.items()}
+    best = load_file(out + "/full/best/model.safetensors")
+    split_raw, _, split_engine, split_ema = run(out + "/split", stop_at_step=4)
+    split_raw2, split_seen, split_engine, split_ema = run(out + "/split")
+    print("RESULTS " + json.dumps({
+        "eval_is_average": {s: close(seen[s], by_hand[s]) for s in seen},
+        "eval_is_not_raw": {s: not close(seen[s], raw[s - 1]) for s in seen},
+        "training_continues_raw": close(weights(engine.module), raw[-1]),
+        "best_is_average_at_3": close({n: best[n] for n in by_hand[3]}, by_hand[3]),
+        "resumed_average_equal": close(split_ema.shadow, ema.shadow),
+        "resumed_eval_equal": close(split_seen[6], seen[6]),
+    }))
+    loop.finish_distributed()
+''')
+
+
+def test_ema_weights_are_evaluated_and_saved_and_resume_continues_the_average(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    results = json.loads(log.split("RESULTS ", 1)[1].splitlines()[0])
+    assert results["eval_is_average"] == {"3": True, "6": True}, results
+    assert results["eval_is_not_raw"] == {"3": True, "6": True}, results
+    assert results["training_continues_raw"] and results["best_is_average_at_3"], results
+    assert results["resumed_average_equal"] and results["resumed_eval_equal"], results
