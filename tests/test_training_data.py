@@ -248,3 +248,25 @@ def test_fused_adamw_by_default_and_same_update_as_foreach():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
     no_decay = {id(p) for p in fused.param_groups[1]["params"]}
     assert all(id(p) in no_decay for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n)
+
+
+def test_head_learning_rate_applies_to_the_parameters_outside_the_encoder_only():
+    import suji_models as S
+    from suji_models.training.finetune import UsageError, _with_head_learning_rate
+    from suji_models.training.loop import StepHooks, lr_lambda
+
+    model = S.SujiForSequenceClassification(S.SujiConfig.from_preset("bert-tiny", num_labels=3))
+    args = TrainArgs(learning_rate=1e-4, warmup_steps=2, max_steps=10)
+    optimizer = _with_head_learning_rate(None, 1e-2).optimizer(model, args)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert lr_of[id(p)] == (1e-4 if name.startswith("suji.") else 1e-2), name
+    assert any(not n.startswith("suji.") for n, _ in model.named_parameters())  # the classifier is the head
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays[id(model.classifier.weight)] == 0.01 and decays[id(model.classifier.bias)] == 0.0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args))  # warm-up scales both rates
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([0.5e-4, 0.5e-2])
+    del schedule
+    assert _with_head_learning_rate(None, 0.0) is None  # off: the loop's own AdamW
+    with pytest.raises(UsageError, match="--head_learning_rate"):
+        _with_head_learning_rate(StepHooks(optimizer=lambda model, args: None), 1e-2)

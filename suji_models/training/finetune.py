@@ -34,6 +34,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,8 +47,8 @@ from ..tasks.readers import split_examples
 from .data import RowSource
 from .checkpoint import save_final
 from .errors import as_user_errors, check_resume, run_main
-from .loop import (Evaluation, TrainArgs, deepspeed_config, finish_distributed, init_distributed, release_zero3_hook,
-                   train)
+from .loop import (Evaluation, StepHooks, TrainArgs, build_optimizer, deepspeed_config, finish_distributed,
+                   init_distributed, release_zero3_hook, train)
 from .options import option, parse_args
 
 DRIVER_READY = True  # the driver, its test (tests/test_finetune_driver.py) and the NER port are in place
@@ -76,6 +77,9 @@ class FinetuneArgs:
     do_train: bool = option(True, "false: only evaluate --dev_file and/or --predict with the --model checkpoint")
     predict: str = option("", "file to predict after training (the task's input format)")
     predict_output: str = option("", "where predictions go (default OUTPUT_DIR/predictions.jsonl)")
+    head_learning_rate: float = option(0.0, "learning rate of the task head (the parameters outside the encoder); "
+                                            "0: --learning_rate. A fresh head with a large loss (GPLinker's link "
+                                            "pointers) can wreck a pretrained encoder trained at the head's rate")
 
 
 # The loop's defaults are pretraining's; finetuning starts from these (a task or script may change them).
@@ -351,7 +355,7 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
 
     started = time.time()
     evaluation = Evaluation(evaluate, eval_steps, task.best_metric, task.greater_is_better) if dev_examples else None
-    hooks = task.step_hooks(args)
+    hooks = _with_head_learning_rate(task.step_hooks(args), common.head_learning_rate)
     losses, engine = train(lambda: task.build_model(config, common.model or None), batches, args,
                            save_files=task.tokenizer.save_pretrained, evaluation=evaluation, hooks=hooks)
     if not dev_examples:
@@ -366,6 +370,16 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
     return {"steps": args.max_steps, "steps_per_epoch": steps_per_epoch, "best_step": record.get("step"),
             "train_seconds": round(time.time() - started, 1), "history": history,
             "loss_first_last": [losses[0][1], losses[-1][1]] if losses else None}
+
+
+def _with_head_learning_rate(hooks, head_lr: float):
+    """`hooks` (or plain ones) whose optimizer gives the task head `head_lr` (when set)."""
+    if not head_lr:
+        return hooks
+    if hooks is not None and hooks.optimizer is not None:
+        raise UsageError("--head_learning_rate sets up its own AdamW: it cannot be combined with this recipe's "
+                         "optimizer options (--optimizer / --layer_decay)")
+    return dataclasses.replace(hooks or StepHooks(), optimizer=partial(build_optimizer, head_lr=head_lr))
 
 
 def _final_evaluation(task, model, dev_examples, common, output_dir, rank, world, say) -> dict:
