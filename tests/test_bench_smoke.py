@@ -93,3 +93,49 @@ def test_generate_bench_prints_new_token_ratios(outputs):
     speed = ratios(rows, 5)
     assert speed[::2] == [1.0] * 4 and all(s > 0 for s in speed)
     assert [r[6] for r in rows if r[0] == "greedy"] == ["yes"] * 4  # same weights, same greedy tokens
+
+
+def markdown_tables(stdout):
+    """Every markdown table of a report, as lists of rows of cells (header first, separator dropped)."""
+    tables, current = [], None
+    for line in stdout.splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                tables.append(current)
+            if not line.startswith("|---"):
+                current.append([c.strip() for c in line.strip("|").split("|")])
+        else:
+            current = None
+    return tables
+
+
+def test_streaming_bench_reports_flat_rss_per_rank_and_both_throughputs(tmp_path):
+    """bench/streaming.py on a ~2 MB generated corpus (a 300-document base repeated), 12 steps: the RSS table (one
+    row per rank, start / middle / end / peak, end / start under the tolerance), the coverage line, the throughput
+    table (streaming, then the map-style path on the base file) and a PASS verdict; the generated corpus is
+    removed afterwards."""
+    import json
+
+    work, report, base = tmp_path / "work", tmp_path / "streaming.json", tmp_path / "base.txt"
+    base.write_text("\n".join(CLUE.read_text(encoding="utf-8").splitlines()[:300]) + "\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "bench/streaming.py", "--base", str(base), "--size_mb", "2", "--files", "2",
+                          "--steps", "12", "--log_steps", "3", "--batch", "8", "--seq", "64", "--work", str(work),
+                          "--json", str(report)],
+                         cwd=REPO_ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    rss, speed = markdown_tables(out.stdout)
+    assert [c.split(",")[0] for c in rss[0]] == ["rank", "RSS start", "middle", "end", "peak (MB)", "end / start"]
+    assert [r[0] for r in rss[1:]] == ["0", "1"]
+    result = json.loads(report.read_text())
+    for row in rss[1:]:
+        start, middle, end, peak = map(float, row[1:5])
+        assert 0 < start <= peak and 0 < middle <= peak and 0 < end <= peak
+        assert float(row[5]) == pytest.approx(end / start, abs=2e-3)
+        assert float(row[5]) <= 1 + result["tolerance"]
+    assert re.search(r"^coverage: the stream trained on 192 rows of ~\d+ in the corpus", out.stdout, re.M)
+    assert [r[0] for r in speed[1:]] == ["streaming", "map-style"]
+    assert ratios(speed[1:], 3)[0] == 1.0 and all(float(r[2]) > 0 for r in speed[1:])
+    assert re.search(r"^verdict: PASS: RSS end / start per process rank 0 [\d.]+, rank 1 [\d.]+; tolerance 10%",
+                     out.stdout, re.M)
+    assert result["passed"] and not (work / "corpus").exists()

@@ -287,7 +287,7 @@ def train(model_fn, batches, args: TrainArgs, *, flops_per_token=None, save_file
     """Train the model built by `model_fn()` with DeepSpeed on `batches(micro_step, rank, world)`.
 
     `batches` must be a pure function of its arguments (see the module docstring); so is dropout,
-    which is reseeded from (seed, step, rank) every micro-step, so evaluating changes nothing in
+    which is reseeded from (seed, global micro-batch number) every micro-step, so evaluating changes nothing in
     training and a resumed run equals an uninterrupted one. `save_files(dir)` writes extra files
     (tokenizer) into each checkpoint. Returns [(step, loss)] and the DeepSpeed engine. From start-up
     to the last step a watchdog ends the run when a rank makes no progress for `--hang_timeout`."""
