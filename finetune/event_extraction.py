@@ -34,7 +34,8 @@ step of the Efficient GlobalPointer config took ~2 minutes (the argument scores 
 | ../shared/models/suji-roformer-small-zh (pretrained) | not measured | not measured | ee_duee_{gp,egp}_pretrained |
 | published: bert4torch GPLinker, BERT-base, full DuEE train (11,958 sentences) | 44.1 / 72.8 | - |   |
 
-Each config: 1,194 training sentences at --max_seq_length 128, batch 16, AdamW lr 1e-3, 20 warmup steps,
+Each config: 1,194 training sentences at --max_seq_length 128, batch 16, AdamW lr 2e-5 for the encoder and 1e-3 for
+the head (--head_learning_rate: see relation_extraction.py for why), 20 warmup steps,
 2 epochs (150 steps), seed 42, head_size 64. Run as
 ``python finetune/event_extraction.py --config configs/finetune/ee_duee_egp_pretrained.json``.
 Expect numbers far below the published ones: 1,194 training sentences and a 7.3M-parameter encoder.

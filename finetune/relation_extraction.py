@@ -23,18 +23,25 @@ and --predict texts are read whole, in overlapping windows of --eval_max_length 
 reported once). Metric: DuIE's triple-level micro P/R/F1 on exact (subject, predicate, object), a
 complex object right only when all of its slots are.
 
-Results (triple-level F1 on DuIE dev, %). None of the rows below has been measured yet: on the 2-core
-machine this recipe was written on (shared with other training jobs) a step of the reference encoder with
-the GP head took 30-40 s, so even the 150-step configs would take hours. The configs are ready to run:
+Results (triple-level F1 on DuIE dev, %, first 500 dev sentences). Measured so far: the reference encoder
+with the GP head, 150 steps (0.6 epoch), twice: F1 0.00 both times (no triple predicted), first with one learning
+rate of 1e-3 for encoder and head, then with the committed --learning_rate 2e-5 --head_learning_rate 1e-3.
+What that means, found on 8 training sentences (full batch): with one rate of 2e-4 or 1e-3 the loss sticks at
+~46 and nothing is ever predicted, because the link pointers' initial loss (~440 each: 48+ predicates x L^2
+cells scored near 0) drives the encoder to a collapsed state; the entity pointer alone fits them in 10 steps;
+with the encoder at 2e-5 and the head at 1e-3 all three fit (loss 898 -> 11 in 20 steps, 20 of 24 entities
+predicted). So the recipe learns, but 150 steps on the full data are too few for any triple to pass all three
+thresholds; the rows below need a longer run than this CPU allowed (about 2-4 s a step here):
 
 | encoder                                              | GP           | EGP          | config                    |
 |------------------------------------------------------|--------------|--------------|---------------------------|
 | random init (roformer-small overrides, 256x4, 7.3M)  | not measured | not measured | re_duie_{gp,egp}_random     |
-| ../shared/models/suji-roformer-small-zh (pretrained) | not measured | not measured | re_duie_{gp,egp}_pretrained |
+| ../shared/models/suji-roformer-small-zh (pretrained) | 0.00 (150 steps) | not measured | re_duie_{gp,egp}_pretrained |
 | published: BERT-base, full DuIE (bert4keras / bert4torch) | 82.7 / 82.38 | -        |                           |
 
 Each config: the 4,000 train sentences at --max_seq_length 128 (116 of 7,222 training links cut off and
-counted), batch 16, AdamW lr 1e-3, 20 warmup steps, 150 steps (0.6 epoch), seed 42, evaluated on the first
+counted), batch 16, AdamW lr 2e-5 for the encoder and 1e-3 for the head (--head_learning_rate), 20 warmup
+steps, 150 steps (0.6 epoch), seed 42, evaluated on the first
 500 dev sentences (--dev_limit 500; 0 for all 2,000), head_size 64. Run as
 ``python finetune/relation_extraction.py --config configs/finetune/re_duie_gp_pretrained.json``. Expect
 numbers far below the published ones: 4,000 training sentences and a 7.3M-parameter encoder.
