@@ -106,3 +106,19 @@ def test_generating_task_evaluates_with_generate_and_is_refused_under_zero3(tmp_
     code, log = launch(*toy("copy", "--train_file", tmp_path / "train.tsv", "--zero_stage", 3,
                             "--output_dir", tmp_path / "refused"))
     assert code != 0 and "use ZeRO stage 0-2" in log
+
+
+def test_resumed_on_one_process_keeps_the_global_batch_and_the_epochs_steps(tmp_path):
+    """2 ranks stop at step 4; resumed on 1 process the driver doubles the accumulation, so the run still has
+    20 steps (2 epochs of 300 rows in 32-row steps) and ends with the same evaluation steps."""
+    classify_data(tmp_path)
+    out = tmp_path / "run"
+    args = toy("classify", "--train_file", tmp_path / "train.tsv", "--dev_file", tmp_path / "dev.tsv",
+               "--per_device_batch_size", 16, "--epochs", 2, "--output_dir", out)
+    first = ok(*args, "--stop_at_step", 4)
+    assert "stopped at step 4" in first
+    second = ok(*args, procs=1)
+    assert second.count("world size 2 -> 1: gradient accumulation 1 -> 2 keeps the global batch of 32 rows") == 1
+    assert "training 20 steps" in second and "resumed from" in second
+    results = json.loads((out / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [10, 20] and results["steps"] == 20

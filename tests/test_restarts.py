@@ -111,6 +111,23 @@ def test_fault_spec_is_checked_and_fires_on_the_first_attempt_only(monkeypatch):
         _asked("step", 1, 0)
 
 
+def test_resuming_keeps_the_global_batch_by_changing_the_accumulation():
+    from suji_models.training.errors import UserError
+    from suji_models.training.loop import TrainArgs, keep_global_batch
+
+    saved = {"world_size": 2, "per_device_batch_size": 8, "gradient_accumulation_steps": 1}
+    args = TrainArgs(per_device_batch_size=8)
+    said = []
+    assert keep_global_batch(args, saved, 2, "c") is args and keep_global_batch(args, None, 1, "c") is args
+    assert keep_global_batch(args, saved, 1, "c", say=said.append).gradient_accumulation_steps == 2
+    assert said == ["world size 2 -> 1: gradient accumulation 1 -> 2 keeps the global batch of 16 rows"]
+    assert keep_global_batch(TrainArgs(per_device_batch_size=4), saved, 4, "c").gradient_accumulation_steps == 1
+    with pytest.raises(UserError, match="global batch of 16 rows"):
+        keep_global_batch(TrainArgs(per_device_batch_size=8), saved, 3, "c")  # 16 rows do not split over 3 ranks
+    with pytest.raises(UserError, match="global batch of 16 rows"):
+        keep_global_batch(TrainArgs(per_device_batch_size=4), saved, 2, "c")  # same world, another batch
+
+
 def test_rows_depend_on_the_global_micro_batch_only():
     source = RowSource(list(range(100)), batch_size=4, seed=3)
     two_ranks = [source.indices(step, rank, 2) for step in range(5) for rank in range(2)]

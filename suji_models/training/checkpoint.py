@@ -181,6 +181,14 @@ def read_layout(path: Path) -> dict | None:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
 
+def newest_layout(output_dir: Path) -> tuple[Path | None, dict | None]:
+    """(checkpoint, layout) of the newest complete checkpoint in `output_dir`, unverified: what a resumed
+    run will most likely load, to size the run before the checkpoint is chosen and checked."""
+    found = complete_checkpoints(output_dir)
+    layout = read_layout(found[-1]) if found else None
+    return (found[-1], layout) if layout else (None, None)
+
+
 def has_zero_partitions(path: Path) -> bool:
     """True when the optimizer state is split across ranks (ZeRO 1-3): it then needs re-partitioning
     to be loaded by another number of ranks. Without ZeRO it is whole in the model-states file."""

@@ -45,10 +45,10 @@ from ..tasks.metrics import scores_from_counts
 from ..tasks.output import write_jsonl
 from ..tasks.readers import split_examples
 from .data import RowSource
-from .checkpoint import save_final
+from .checkpoint import newest_layout, save_final
 from .errors import as_user_errors, check_resume, run_main
 from .loop import (Evaluation, StepHooks, TrainArgs, build_optimizer, deepspeed_config, finish_distributed,
-                   init_distributed, release_zero3_hook, train)
+                   init_distributed, keep_global_batch, release_zero3_hook, train)
 from .options import option, parse_args
 
 DRIVER_READY = True  # the driver, its test (tests/test_finetune_driver.py) and the NER port are in place
@@ -307,6 +307,9 @@ def _run(task_class, argv=None, **defaults) -> dict | None:
         if dev_examples and len(dev_examples) < world and zero3:
             raise UsageError(f"{len(dev_examples)} dev examples for {world} ranks: ZeRO-3 evaluation needs one per rank")
         results.update(_train(task, common, args, train_examples, dev_examples, split, rank, world, zero3, say))
+        if results.get("stopped_at"):  # --stop_at_step: a checkpoint to resume from, no final evaluation yet
+            finish_distributed()
+            return None
         model_path = output_dir / "best" if dev_examples else output_dir / "final"
     else:
         if not common.model:
@@ -330,6 +333,10 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
     if not rows:
         raise UsageError(f"{common.train_file}: no training rows after encoding")
     source = RowSource(rows, args.per_device_batch_size, args.seed)
+    if args.resume:  # a run resumed on another number of processes keeps its global batch, hence its steps
+        path, layout = newest_layout(Path(args.output_dir))
+        kept = keep_global_batch(args, layout, world, path, say=say)
+        args.gradient_accumulation_steps = kept.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(rows) / (args.per_device_batch_size * args.gradient_accumulation_steps * world))
     if not args.max_steps:
         args.max_steps = max(1, math.ceil(common.epochs * steps_per_epoch))
@@ -358,6 +365,8 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
     hooks = _with_head_learning_rate(task.step_hooks(args), common.head_learning_rate)
     losses, engine = train(lambda: task.build_model(config, common.model or None), batches, args,
                            save_files=task.tokenizer.save_pretrained, evaluation=evaluation, hooks=hooks)
+    if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step < args.max_steps:
+        return {"stopped_at": args.stop_at_step}
     if not dev_examples:
         with hooks.evaluated_weights(engine) if hooks is not None else contextlib.nullcontext():
             save_final(engine, args.output_dir, task.tokenizer, export=False)

@@ -402,22 +402,8 @@ def _fit_to_world_size(chosen: Path | None, args: TrainArgs, world: int, rank: i
     saved = read_layout(chosen) if chosen is not None else None
     if saved is None:  # nothing to resume, or a checkpoint from before layouts were recorded
         return args, "state"
-    per_rank = args.per_device_batch_size * world
-    global_batch = saved["per_device_batch_size"] * saved["gradient_accumulation_steps"] * saved["world_size"]
-    if per_rank * args.gradient_accumulation_steps != global_batch:
-        if saved["world_size"] == world or global_batch % per_rank:
-            raise UserError(
-                f"{chosen} was saved with a global batch of {global_batch} rows ({saved['world_size']} rank(s) x "
-                f"{saved['per_device_batch_size']} x {saved['gradient_accumulation_steps']} accumulation); this run "
-                f"has {per_rank * args.gradient_accumulation_steps} ({world} x {args.per_device_batch_size} x "
-                f"{args.gradient_accumulation_steps}), so rows would be skipped or repeated: choose "
-                f"--per_device_batch_size / --gradient_accumulation_steps to keep {global_batch}, or --resume false")
-        accumulation = global_batch // per_rank
-        if rank == 0:
-            print(f"world size {saved['world_size']} -> {world}: gradient accumulation "
-                  f"{args.gradient_accumulation_steps} -> {accumulation} keeps the global batch of {global_batch} rows",
-                  flush=True)
-        args = replace(args, gradient_accumulation_steps=accumulation)
+    say = (lambda line: print(line, flush=True)) if rank == 0 else None
+    args = keep_global_batch(args, saved, world, chosen, say=say)
     if saved["world_size"] == world or not has_zero_partitions(chosen):
         return args, "state"
     if rank == 0:
@@ -435,6 +421,29 @@ def _fit_to_world_size(chosen: Path | None, args: TrainArgs, world: int, rank: i
     if failed[0]:
         raise UserError(failed[0])
     return args, UNIVERSAL
+
+
+def keep_global_batch(args: TrainArgs, saved: dict | None, world: int, where, say=None) -> TrainArgs:
+    """`args` with the gradient accumulation that keeps the global batch of a checkpoint saved with layout
+    `saved` (see `_fit_to_world_size`) on `world` ranks; a global batch that cannot be kept is a UserError."""
+    if saved is None:
+        return args
+    per_rank = args.per_device_batch_size * world
+    global_batch = saved["per_device_batch_size"] * saved["gradient_accumulation_steps"] * saved["world_size"]
+    if per_rank * args.gradient_accumulation_steps == global_batch:
+        return args
+    if saved["world_size"] == world or global_batch % per_rank:
+        raise UserError(
+            f"{where} was saved with a global batch of {global_batch} rows ({saved['world_size']} rank(s) x "
+            f"{saved['per_device_batch_size']} x {saved['gradient_accumulation_steps']} accumulation); this run "
+            f"has {per_rank * args.gradient_accumulation_steps} ({world} x {args.per_device_batch_size} x "
+            f"{args.gradient_accumulation_steps}), so rows would be skipped or repeated: choose "
+            f"--per_device_batch_size / --gradient_accumulation_steps to keep {global_batch}, or --resume false")
+    accumulation = global_batch // per_rank
+    if say is not None:
+        say(f"world size {saved['world_size']} -> {world}: gradient accumulation "
+            f"{args.gradient_accumulation_steps} -> {accumulation} keeps the global batch of {global_batch} rows")
+    return replace(args, gradient_accumulation_steps=accumulation)
 
 
 def _resume(engine, chosen: Path | None, tag: str, rank: int, state=None) -> int:
