@@ -16,33 +16,12 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     from types import SimpleNamespace
     import torch
-    from torch import nn
-    import transformers
     from safetensors.torch import load_file
     from suji_models.optim.hooks import TrickOptions, step_hooks
     from suji_models.training import loop
+    from tests.tiny_engine_model import Tiny, batches
 
     DECAY = 0.5
-
-    class Out:
-        def __init__(self, loss):
-            self.loss = loss
-
-    class Tiny(transformers.PreTrainedModel):
-        config_class = transformers.PretrainedConfig
-
-        def __init__(self, config=None):
-            super().__init__(config or transformers.PretrainedConfig())
-            self.emb = nn.Embedding(12, 8)
-            self.out = nn.Linear(8, 3)
-
-        def forward(self, input_ids, labels):
-            return Out(nn.functional.cross_entropy(self.out(self.emb(input_ids).mean(1)), labels))
-
-    def batches(index, rank, world):
-        g = torch.Generator().manual_seed(index)
-        return {"input_ids": torch.randint(0, 12, (4, 5), generator=g),
-                "labels": torch.randint(0, 3, (4,), generator=g)}
 
     def weights(module):
         return {n: p.detach().clone() for n, p in module.named_parameters()}

@@ -15,31 +15,11 @@ from .test_pretrain_e2e import free_port
 SCRIPT = textwrap.dedent('''
     import json, os, sys
     import torch
-    from torch import nn
-    import transformers
     import deepspeed
     from suji_models.training import faults, loop
     from suji_models.training.checkpoint import complete_checkpoints, verify_checkpoint
     from suji_models.training.errors import UserError
-
-    class Out:
-        def __init__(self, loss):
-            self.loss = loss
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = transformers.PretrainedConfig()
-            self.emb = nn.Embedding(12, 8)
-            self.out = nn.Linear(8, 3)
-
-        def forward(self, input_ids, labels):
-            return Out(nn.functional.cross_entropy(self.out(self.emb(input_ids).mean(1)), labels))
-
-    def batches(index, rank, world):
-        g = torch.Generator().manual_seed(index)
-        return {"input_ids": torch.randint(0, 12, (4, 5), generator=g),
-                "labels": torch.randint(0, 3, (4,), generator=g)}
+    from tests.tiny_engine_model import Tiny, batches
 
     def optimizer_tensors(engine):
         base = getattr(engine.optimizer, "optimizer", engine.optimizer)
