@@ -59,13 +59,14 @@ Results (dev accuracy %, measured here; one process per run on a heavily shared 
   few-shot train split.
 - Tricks (configs/finetune/cls_tnews_pretrained_{rdrop,child_tuning_d,ema,fgm,adax,layer_decay}.json, otherwise as the
   pretrained row): EMA (decay 0.95: a ~20-step average over this 114-step run; evaluated and saved with the
-  averaged weights) +0.64, within what one seed can tell; R-Drop +0.55, likewise; FGM -0.36; AdaX -0.27 (same lr 2e-4); layer-wise
-  decay 0.8 -4.55 (the lower layers learn at 0.8^k of the rate: too slow for 114 steps); ChildTuning-D (Fisher over the first
+  averaged weights) +0.64, within what one seed can tell; R-Drop +0.55, likewise; FGM -0.36; AdaX -0.27
+  (same lr 2e-4); layer-wise decay 0.8 -4.55 (the lower layers learn at 0.8^k of the rate: too slow for 114
+  steps); ChildTuning-D (Fisher over the first
   16 training batches, 30% of the encoder-layer gradients kept, AdamW) -8.4 at this short schedule.
   CAN needs a confident set to align against: with 14 confident rows of 1,098 (ChildTuning-D) it
   pulls predictions to the prior and loses 6.9 points.
 - Not measured (CPU time): ChnSentiCorp, THUCNews, IFLYTEK, SMP2020-EWECT and CSL rows, and the other
-  tricks (AdaX, AdaFactor, FGM, gradient penalty, ChildTuning-F, layer-wise lr decay): each is tested
+  tricks (AdaFactor, gradient penalty, ChildTuning-F): each is tested
   against its formula in tests/test_optim.py and (but AdaFactor) inside DeepSpeed ZeRO-1/2 in
   tests/test_optim_deepspeed.py; the recipe ran 4 steps on a tiny model with AdaX + layer decay,
   FGM + ChildTuning-F and the gradient penalty (AdaFactor only in the unit test).
