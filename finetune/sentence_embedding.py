@@ -94,7 +94,7 @@ import torch
 
 from suji_models.tasks.batching import length_batches, pad_to_longest
 from suji_models.tasks.output import write_jsonl
-from suji_models.tasks.readers import read_texts
+from suji_models.tasks.readers import read_texts, subsample
 from suji_models.tasks.similarity import (
     OBJECTIVES,
     POOLINGS,
@@ -105,7 +105,6 @@ from suji_models.tasks.similarity import (
     sbert_classes,
     set_sentence_config,
     spearman,
-    subsample,
 )
 from suji_models.tasks.whitening import Whitening
 from suji_models.training.finetune import Task, run
@@ -118,7 +117,6 @@ class SimilarityOptions:
     objective: Literal[OBJECTIVES] = option("cosent", "training loss: cosent or sbert (softmax over (u, v, |u-v|))")
     pooling: Literal[POOLINGS] = option("first-last-avg", "sentence vector from the encoder outputs")
     cosent_scale: float = option(20.0, "CoSENT's scale lambda on the cosines")
-    train_limit: int = option(0, "keep at most this many training pairs (seeded subset; 0: all)")
     whitening: bool = option(False, "also evaluate with BERT-whitening (spearman_whitened)")
     whitening_dim: int = option(0, "keep this many whitened dimensions (0: all)")
     whitening_fit_file: str = option("", "pair file whose sentences fit the whitening (default: the training "
@@ -147,11 +145,6 @@ class SimilarityTask(Task):
 
     def describe(self, train, dev):
         o = self.options
-        if train and o.train_limit:
-            kept = subsample(train, o.train_limit, self.args.split_seed)
-            self.say(f"training on {len(kept)} of {len(train)} pairs (--train_limit, seed {self.args.split_seed})")
-            train[:] = kept  # the driver's list: encode() and the step count see the subset
-            self.notes["train_limit"] = o.train_limit
         self.train_pairs, self.dev_pairs = train, dev
         fit_pairs = read_pairs(o.whitening_fit_file, o.format) if o.whitening_fit_file else (train or dev)
         texts = sorted({p.text_a for p in fit_pairs} | {p.text_b for p in fit_pairs})

@@ -7,6 +7,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO_ROOT
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
@@ -14,10 +16,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "2", "DS_ACCELERATOR": "cpu", "PYTHONUNB
 VOCAB = REPO_ROOT / "pretrain" / "data" / "vocab.txt"
 
 
-def run_recipe(*args):
+def run_recipe(*args, expect_rc=0):
     cmd = [sys.executable, "finetune/classification.py", *map(str, args)]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == expect_rc, (done.stdout + done.stderr)[-4000:]
     return done.stdout + done.stderr
 
 
@@ -27,7 +29,8 @@ def tiny_args(out, steps):
             "--warmup_steps", 10, "--seed", 1, "--eval_batch_size", 128, "--output_dir", out]
 
 
-def test_single_label_beats_chance_reports_can_and_predicts(shared_data, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor"])
+def test_single_label_beats_chance_reports_can_and_predicts(shared_data, tmp_path, optimizer):
     source = shared_data / "classification" / "thucnews_titles"
     lines = open(source / "dev.txt", encoding="utf-8").readlines()
     (tmp_path / "train.txt").write_text("".join(lines[:1000]), encoding="utf-8")
@@ -36,7 +39,7 @@ def test_single_label_beats_chance_reports_can_and_predicts(shared_data, tmp_pat
     (tmp_path / "texts.txt").write_text("沪指收涨1.2% 券商股领涨\n国足主帅宣布亚洲杯大名单\n", encoding="utf-8")
     out = tmp_path / "run"
     run_recipe("--train_file", tmp_path / "train.txt", "--dev_file", tmp_path / "dev.txt", "--format", "thucnews",
-               *tiny_args(out, 60), "--predict", tmp_path / "texts.txt")
+               *tiny_args(out, 60), "--optimizer", optimizer, "--predict", tmp_path / "texts.txt")
     dev = json.loads((out / "results.json").read_text())["dev"]
     gold = [line.rsplit("\t", 1)[1] for line in lines[9000:9300]]
     majority = 100 * max(gold.count(g) for g in set(gold)) / len(gold)
@@ -46,6 +49,14 @@ def test_single_label_beats_chance_reports_can_and_predicts(shared_data, tmp_pat
     assert [set(p) for p in predictions] == [{"text", "label", "probability", "label_can"}] * 2
     names = (tmp_path / "class.txt").read_text(encoding="utf-8").split()
     assert {p["label"] for p in predictions} <= set(names)
+
+
+def test_adafactor_under_zero_is_refused_in_one_line(tmp_path):
+    (tmp_path / "train.tsv").write_text("label\ttext_a\n1\t很好\n0\t不好\n", encoding="utf-8")
+    out = run_recipe("--train_file", tmp_path / "train.tsv", "--dev_file", tmp_path / "train.tsv",
+                     *tiny_args(tmp_path / "run", 2), "--optimizer", "adafactor", "--zero_stage", 1, expect_rc=1)
+    last = out.strip().splitlines()[-1]
+    assert "adafactor" in last and "ZeRO" in last and "Traceback" not in out, out[-2000:]
 
 
 def test_multi_label_zlpr_learns_a_toy_label_set(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from suji_models import SujiForSequenceClassification
-from suji_models.training.finetune import FinetuneArgs, _interleave, sum_across_ranks
+from suji_models.training.finetune import FinetuneArgs, Task, _interleave, load_data, sum_across_ranks
 from tokenization import load_tokenizer
 
 from .conftest import REPO_ROOT
@@ -47,6 +47,24 @@ def test_interleave_restores_example_order():
     # rank r held examples r, r + world, ...: 7 examples over 3 ranks
     assert _interleave([[0, 3, 6], [1, 4], [2, 5]]) == list(range(7))
     assert sum_across_ranks(Counter({("", "tp"): 2})) == Counter({("", "tp"): 2})  # one process: unchanged
+
+
+def test_train_limit_draws_a_seeded_subset_after_the_split(tmp_path):
+    class Lines(Task):
+        def read(self, path):
+            return path.read_text(encoding="utf-8").split()
+
+    (tmp_path / "train.txt").write_text(" ".join(str(i) for i in range(100)), encoding="utf-8")
+    args = FinetuneArgs(train_file=tmp_path / "train.txt", dev_fraction=0.2, split_seed=3)
+    full_train, dev, _ = load_data(Lines(None, args, None), args)
+    args.train_limit = 30
+    train, same_dev, split = load_data(Lines(None, args, None), args)
+    assert same_dev == dev and len(train) == 30 and set(train) < set(full_train)  # dev untouched, no dev row leaks
+    assert train == [x for x in full_train if x in set(train)]  # file order kept
+    assert "training on 30 of 80 examples" in split
+    assert load_data(Lines(None, args, None), args)[0] == train  # the same seed draws the same subset
+    args.split_seed = 4
+    assert load_data(Lines(None, args, None), args)[0] != train
 
 
 def test_every_option_has_help_and_bad_choices_stop_at_once():

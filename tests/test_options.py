@@ -36,7 +36,7 @@ def test_precedence_types_and_unknown_keys(tmp_path):
 
 
 def test_pretraining_scripts_parse_the_same_way():
-    data, train = parse_pretrain_args(["--max_seq_length", "256", "--fused_adamw", "false"], model_preset="bert-tiny")
+    data, _, train = parse_pretrain_args(["--max_seq_length", "256", "--fused_adamw", "false"], model_preset="bert-tiny")
     assert isinstance(data, DataArgs) and (data.max_seq_length, data.model_preset) == (256, "bert-tiny")
     assert isinstance(train, TrainArgs) and train.fused_adamw is False
 

@@ -65,6 +65,14 @@ def split_examples(examples, dev_fraction: float = 0.2, seed: int = 0):
     return [examples[i] for i in train], [examples[i] for i in dev]
 
 
+def subsample(examples, limit: int, seed: int = 0):
+    """At most `limit` examples, chosen by a seeded shuffle (order kept); 0 keeps all."""
+    if not limit or limit >= len(examples):
+        return list(examples)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
 def split_by_group(examples, group_of, dev_fraction: float = 0.2, seed: int = 0):
     """(train, dev) with every group (a passage, a document) wholly on one side: the groups are
     shuffled with the seed and the first `dev_fraction` of them go to dev. Use it where one text

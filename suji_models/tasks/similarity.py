@@ -17,7 +17,6 @@ Methods, from Su Jianlin's posts:
 from __future__ import annotations
 
 import csv
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,14 +100,6 @@ def load_dataset(name: str, data_dir, dev_fraction: float = 0.2, seed: int = 0):
         return read_pairs(paths[0], fmt), read_pairs(paths[1], fmt), f"{files[0]} / {files[1]}"
     train, dev = split_examples(read_pairs(paths[0], fmt), dev_fraction, seed)
     return train, dev, f"{files[0]} split {1 - dev_fraction:.0%}/{dev_fraction:.0%} with seed {seed}"
-
-
-def subsample(examples, limit: int, seed: int = 0):
-    """At most `limit` examples, chosen by a seeded shuffle (order kept); 0 keeps all."""
-    if not limit or limit >= len(examples):
-        return list(examples)
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
 
 
 # --------------------------------------------------------------------------------------------- metric

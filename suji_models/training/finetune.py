@@ -43,7 +43,7 @@ import torch.distributed as dist
 from ..configuration import PRESETS, SujiConfig
 from ..tasks.metrics import scores_from_counts
 from ..tasks.output import write_jsonl
-from ..tasks.readers import split_examples
+from ..tasks.readers import split_examples, subsample
 from .data import RowSource
 from .checkpoint import newest_layout, save_final
 from .errors import as_user_errors, check_resume, run_main
@@ -62,6 +62,8 @@ class FinetuneArgs:
     dev_file: str = option("", "evaluation data; without it the train file is split (--dev_fraction, --split_seed)")
     dev_fraction: float = option(0.2, "without --dev_file: the share of --train_file held out")
     split_seed: int = option(0, "seed of the train/dev split")
+    train_limit: int = option(0, "train on at most this many examples, a subset drawn with --split_seed after "
+                                 "the split (0: all; for short CPU runs)")
     model: str = option("", "encoder or finetuned checkpoint folder (Suji, transformers bert/roformer/albert/gpt2, "
                             "or TF checkpoint); empty: a random --model_preset")
     model_preset: str = option("roformer-tiny", "without --model: the architecture of a randomly initialized "
@@ -263,10 +265,15 @@ def load_data(task: Task, common: FinetuneArgs):
         raise UsageError("--train_file is required for training (or --do_train false with --model)")
     train_examples = task.read(common.train_file)
     if common.dev_file:
-        return train_examples, task.read(common.dev_file), f"dev = {common.dev_file}"
-    train_examples, dev = task.split(train_examples)
-    return train_examples, dev, (f"{common.train_file} split {1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} "
-                                 f"(seed {common.split_seed})")
+        dev, split = task.read(common.dev_file), f"dev = {common.dev_file}"
+    else:
+        train_examples, dev = task.split(train_examples)
+        split = (f"{common.train_file} split {1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} "
+                 f"(seed {common.split_seed})")
+    if common.train_limit and common.train_limit < len(train_examples):
+        split += f"; training on {common.train_limit} of {len(train_examples)} examples (--train_limit)"
+        train_examples = subsample(train_examples, common.train_limit, common.split_seed)
+    return train_examples, dev, split
 
 
 def run(task_class, argv=None, **defaults) -> dict | None:
@@ -362,7 +369,8 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
 
     started = time.time()
     evaluation = Evaluation(evaluate, eval_steps, task.best_metric, task.greater_is_better) if dev_examples else None
-    hooks = _with_head_learning_rate(task.step_hooks(args), common.head_learning_rate)
+    with as_user_errors(ValueError):  # a trick or optimizer the ZeRO stage refuses: one line, the reason
+        hooks = _with_head_learning_rate(task.step_hooks(args), common.head_learning_rate)
     losses, engine = train(lambda: task.build_model(config, common.model or None), batches, args,
                            save_files=task.tokenizer.save_pretrained, evaluation=evaluation, hooks=hooks)
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step < args.max_steps:

@@ -2,6 +2,12 @@
 
 Options come from dataclass defaults, then a JSON `--config`, then `--key value` on the command
 line. Data is prepared once (rank 0 first, the other ranks then hit the `datasets` cache).
+
+The training tricks of `suji_models.optim` are switched by the same options as in the finetuning
+recipes (`--optimizer adax | adafactor`, `--ema`, `--loss_trick fgm | gradient_penalty`,
+`--child_tuning`, `--layer_decay`); with `--ema` the final model is the averaged one. R-Drop is
+refused here: it pairs each row's softmax with its copy's, and the masked-LM head returns only the
+masked positions of the whole batch, so rows and their copies do not line up.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from .data import (
     unilm_batch,
 )
 from ..convert.loading import checkpoint_config
-from .errors import as_user_errors, check_resume
+from ..optim.hooks import TrickOptions, step_hooks
+from .errors import UserError, as_user_errors, check_resume
 from .checkpoint import save_final
 from .loop import TrainArgs, deepspeed_config, finish_distributed, init_distributed, train
 
@@ -61,8 +68,9 @@ class DataArgs:
 
 
 def parse_args(argv=None, **overrides):
-    """(DataArgs, TrainArgs) from dataclass defaults <- `overrides` (a script's defaults) <- JSON --config <- command line."""
-    return options.parse_args((DataArgs, TrainArgs), argv, **overrides)
+    """(DataArgs, TrickOptions, TrainArgs) from dataclass defaults <- `overrides` (a script's defaults) <- JSON
+    --config <- command line."""
+    return options.parse_args((DataArgs, TrickOptions, TrainArgs), argv, **overrides)
 
 
 @contextlib.contextmanager
@@ -91,7 +99,11 @@ def run(objective: str, model_class, argv=None, **defaults):
 
 
 def _run(objective: str, model_class, argv=None, **defaults):
-    data, args = parse_args(argv, **defaults)
+    data, tricks, args = parse_args(argv, **defaults)
+    if tricks.loss_trick == "rdrop":
+        raise UserError("--loss_trick rdrop is for finetuning: R-Drop pairs each row's softmax with its copy's, and "
+                        "the pretraining heads return the masked / shifted positions of the whole batch, which do "
+                        "not pair up; use fgm or gradient_penalty")
     rank, world = init_distributed()
     deepspeed_config(args, world)  # a contradicting DeepSpeed JSON fails here, before any data work
     from tokenization import load_tokenizer
@@ -169,12 +181,21 @@ def _run(objective: str, model_class, argv=None, **defaults):
     def save_files(path):
         tokenizer.save_pretrained(path)
 
+    def fisher_batches(device):  # ChildTuning-D's Fisher information: the first training batches
+        for index in range(tricks.child_tuning_batches):
+            batch = batches(index, rank, world)
+            batch.pop("sample_ids", None)
+            yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    with as_user_errors(ValueError):  # a trick the ZeRO stage refuses: one line, the reason
+        hooks = step_hooks(tricks, args, fisher_batches)
     losses, engine = train(make_model, batches, args, save_files=save_files,
-                           flops_per_token=partial(flops_per_token, seq_len=data.max_seq_length))
+                           flops_per_token=partial(flops_per_token, seq_len=data.max_seq_length), hooks=hooks)
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step:
         return losses
     probe = {k: v for k, v in first_batch.items() if k not in ("labels", "masked_logits_only")}
-    final = save_final(engine, args.output_dir, tokenizer, probe=probe)
+    with hooks.evaluated_weights(engine) if hooks is not None else contextlib.nullcontext():  # EMA: the average
+        final = save_final(engine, args.output_dir, tokenizer, probe=probe)
     if rank == 0:
         head, tail = losses[:10], losses[-10:]
         first = sum(l for _, l in head) / max(1, len(head))
