@@ -49,7 +49,7 @@ def test_interleave_restores_example_order():
     assert sum_across_ranks(Counter({("", "tp"): 2})) == Counter({("", "tp"): 2})  # one process: unchanged
 
 
-def test_train_limit_draws_a_seeded_subset_after_the_split(tmp_path):
+def test_train_and_dev_limits_draw_seeded_subsets_after_the_split(tmp_path):
     class Lines(Task):
         def read(self, path):
             return path.read_text(encoding="utf-8").split()
@@ -65,6 +65,11 @@ def test_train_limit_draws_a_seeded_subset_after_the_split(tmp_path):
     assert load_data(Lines(None, args, None), args)[0] == train  # the same seed draws the same subset
     args.split_seed = 4
     assert load_data(Lines(None, args, None), args)[0] != train
+    _, full_dev, _ = load_data(Lines(None, args, None), args)
+    args.dev_limit = 7
+    _, small_dev, split = load_data(Lines(None, args, None), args)
+    assert len(small_dev) == 7 and small_dev == [x for x in full_dev if x in set(small_dev)]
+    assert "evaluating on 7 of 20 dev examples" in split
 
 
 def test_every_option_has_help_and_bad_choices_stop_at_once():

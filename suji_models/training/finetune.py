@@ -64,6 +64,8 @@ class FinetuneArgs:
     split_seed: int = option(0, "seed of the train/dev split")
     train_limit: int = option(0, "train on at most this many examples, a subset drawn with --split_seed after "
                                  "the split (0: all; for short CPU runs)")
+    dev_limit: int = option(0, "evaluate on at most this many dev examples, a subset drawn with --split_seed "
+                               "(0: all; for short CPU runs)")
     model: str = option("", "encoder or finetuned checkpoint folder (Suji, transformers bert/roformer/albert/gpt2, "
                             "or TF checkpoint); empty: a random --model_preset")
     model_preset: str = option("roformer-tiny", "without --model: the architecture of a randomly initialized "
@@ -260,19 +262,24 @@ def encoder_config(common: FinetuneArgs, tokenizer) -> SujiConfig:
 def load_data(task: Task, common: FinetuneArgs):
     """(train examples, dev examples, how dev was chosen)."""
     if not common.do_train:
-        return [], task.read(common.dev_file) if common.dev_file else [], f"dev = {common.dev_file}"
-    if not common.train_file:
+        train_examples, dev = [], task.read(common.dev_file) if common.dev_file else []
+        split = f"dev = {common.dev_file}"
+    elif not common.train_file:
         raise UsageError("--train_file is required for training (or --do_train false with --model)")
-    train_examples = task.read(common.train_file)
-    if common.dev_file:
-        dev, split = task.read(common.dev_file), f"dev = {common.dev_file}"
     else:
-        train_examples, dev = task.split(train_examples)
-        split = (f"{common.train_file} split {1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} "
-                 f"(seed {common.split_seed})")
+        train_examples = task.read(common.train_file)
+        if common.dev_file:
+            dev, split = task.read(common.dev_file), f"dev = {common.dev_file}"
+        else:
+            train_examples, dev = task.split(train_examples)
+            split = (f"{common.train_file} split {1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} "
+                     f"(seed {common.split_seed})")
     if common.train_limit and common.train_limit < len(train_examples):
         split += f"; training on {common.train_limit} of {len(train_examples)} examples (--train_limit)"
         train_examples = subsample(train_examples, common.train_limit, common.split_seed)
+    if common.dev_limit and common.dev_limit < len(dev):
+        split += f"; evaluating on {common.dev_limit} of {len(dev)} dev examples (--dev_limit)"
+        dev = subsample(dev, common.dev_limit, common.split_seed)
     return train_examples, dev, split
 
 
