@@ -91,12 +91,15 @@ class SujiEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.project = nn.Linear(E, config.hidden_size) if E != config.hidden_size else None
 
-    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None):
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None, last_position=None):
+        """`last_position`: the largest position when the caller knows it on the host (no device sync)."""
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if self.position_embeddings is not None:
-            if position_ids.max() >= self.position_embeddings.num_embeddings:
+            if last_position is None:  # positions given by the user: read them (one host-device sync)
+                last_position = int(position_ids.max())
+            if last_position >= self.position_embeddings.num_embeddings:
                 raise ValueError(
-                    f"position {int(position_ids.max())} is beyond max_position_embeddings="
+                    f"position {last_position} is beyond max_position_embeddings="
                     f"{self.position_embeddings.num_embeddings}; truncate the input"
                 )
             x = x + self.position_embeddings(position_ids)
@@ -355,7 +358,9 @@ class SujiModel(SujiPreTrainedModel):
             raise ValueError(f"cache_position starts at {int(cache_position.reshape(-1)[0])} but the cache holds "
                              f"{past} positions")
 
+        last_position = None
         if position_ids is None:
+            last_position = past + length - 1  # packed documents restart at 0: never beyond it either
             if document_ids is not None:
                 position_ids = positions_from_documents(document_ids)
             else:
@@ -371,7 +376,7 @@ class SujiModel(SujiPreTrainedModel):
             segments = (torch.arange(length, device=device)[None, :] >= prefix_lengths.view(-1, 1)).long()
         mask = build_attention_mask(mask_kind, length, past + length, attention_mask, segment_ids=segments,
                                     document_ids=document_ids, device=device)
-        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, last_position)
         rotary = None
         if self.config.position_embedding_type == "rotary":
             rotary = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rotary_base, x.dtype)
@@ -494,15 +499,22 @@ class SujiForUniLM(SujiForCausalLM):
             keep &= attention_mask.bool()
         return input_ids.masked_fill(~keep, -100)
 
-    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
-        # transformers' own method takes the cache under the installed version's name (`cache` since
-        # 5.24, `past_key_values` before) and hands it on under that name: pass everything through.
-        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
-        cache = inputs.get("cache", inputs.get("past_key_values"))
-        # Everything generated belongs to the target segment, whatever the prompt ended with.
-        if cache is not None and cache.get_seq_length() > 0:
-            inputs["token_type_ids"] = torch.ones_like(inputs["input_ids"])
-        return inputs
+    # Everything generated belongs to the target segment (1), whatever the prompt ended with. The prompt
+    # gets segment 0 when no token_type_ids are given, and each generated column is appended as 1
+    # (transformers repeats the last column). transformers then slices the columns of the tokens it
+    # feeds, so the segments are right with the cache and without it (the full sequence each step).
+    def generate(self, inputs=None, **kwargs):
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if ids is not None and kwargs.get("token_type_ids") is None:
+            kwargs["token_type_ids"] = torch.zeros_like(ids)
+        return super().generate(inputs, **kwargs)
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
+                                                                   num_new_tokens)
+        if model_kwargs.get("token_type_ids") is not None:
+            model_kwargs["token_type_ids"][:, -num_new_tokens:] = 1
+        return model_kwargs
 
 
 def classification_loss(logits, labels, config) -> torch.Tensor:

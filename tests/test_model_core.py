@@ -102,11 +102,13 @@ def context_sensitive(model, std=0.1):
 
 
 @pytest.mark.upstream
+@pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("preset", ["bert-tiny", "roformer-tiny"])
-def test_unilm_generation_equals_recomputing_with_the_full_mask(preset):
+def test_unilm_generation_equals_recomputing_with_the_full_mask(preset, use_cache):
     model = context_sensitive(S.SujiForUniLM(S.SujiConfig.from_preset(preset, bos_token_id=1, eos_token_id=2)))
     source = torch.randint(5, 128, (2, 6))
-    generated = model.generate(source, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    generated = model.generate(source, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0,
+                               use_cache=use_cache)
     expected = unilm_greedy_by_recomputing(model, source, 8)
     assert len(set(expected[0, 6:].tolist())) >= 3, f"degenerate continuation {expected[0, 6:].tolist()}"
     # the test can tell: generated tokens in the source segment would give another continuation
@@ -251,3 +253,16 @@ def test_masked_only_lm_head_runs_on_a_few_row_counts_with_the_full_heads_loss_a
         torch.testing.assert_close(loss, full_loss)
         for a, b in zip(sparse_grads, full_grads):
             torch.testing.assert_close(a, b)
+
+
+def test_positions_beyond_the_learned_table_are_a_clear_error():
+    model = S.SujiModel(S.SujiConfig.from_preset("bert-tiny", max_position_embeddings=16)).eval()
+    with torch.no_grad():
+        model(torch.randint(5, 100, (1, 16)))  # the last position, 15, fits
+        with pytest.raises(ValueError, match="position 19 is beyond max_position_embeddings=16"):
+            model(torch.randint(5, 100, (1, 20)))
+        with pytest.raises(ValueError, match="position 30 is beyond"):  # positions given by the caller
+            model(torch.randint(5, 100, (1, 4)), position_ids=torch.tensor([[0, 1, 2, 30]]))
+        cache = model(torch.randint(5, 100, (1, 14)), use_cache=True)[S.modeling.CACHE_OUTPUT_FIELD]
+        with pytest.raises(ValueError, match="position 16 is beyond"):  # 14 cached + 3 new
+            model(torch.randint(5, 100, (1, 3)), use_cache=True, **{S.modeling.CACHE_OUTPUT_FIELD: cache})

@@ -60,3 +60,16 @@ def test_cli_suji_format_loads_back(tmp_path):
         logits = model(**INPUTS).logits
     expected = torch.from_numpy(np.load(FIXTURES / "google_bert_tiny" / "expected_logits.npy"))
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_tf_release_whose_config_is_named_config_json(tmp_path):
+    # bert4keras' CPM-LM and other TF releases ship their bert_config as config.json (no model_type)
+    import shutil
+
+    source = FIXTURES / "google_bert_tiny"
+    for f in source.iterdir():
+        shutil.copy(f, tmp_path / ("config.json" if f.name == "bert_config.json" else f.name))
+    assert S.convert.loading.checkpoint_kind(tmp_path) == "tf"
+    with torch.no_grad():
+        logits = S.SujiForMaskedLM.from_pretrained(tmp_path)(**INPUTS).logits
+    torch.testing.assert_close(logits, torch.from_numpy(np.load(source / "expected_logits.npy")), atol=1e-4, rtol=0)

@@ -36,6 +36,8 @@ def checkpoint_kind(path) -> str:
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
         if model_type == "suji" or model_type in FAMILIES:
             return model_type
+        if model_type is None and _find_tf_index(path) is not None:
+            return "tf"  # a TF release whose bert_config is named config.json (bert4keras' CPM-LM, ...)
         raise ValueError(f"{path / 'config.json'}: model_type {model_type!r} is neither 'suji' nor one of {FAMILIES}")
     if _find_tf_index(path) is not None:
         return "tf"
