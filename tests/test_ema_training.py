@@ -3,14 +3,9 @@ process, ZeRO-2), evaluation sees the averaged weights, training goes on from th
 model saved is the average, and a run stopped and resumed ends with the same average as an
 uninterrupted one (the shadow weights are in every resumable checkpoint)."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
-from .conftest import REPO_ROOT
-from .test_pretrain_e2e import free_port
+from .tiny_engine_model import run_one_process
 
 SCRIPT = textwrap.dedent('''
     import json, sys
@@ -75,13 +70,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_ema_weights_are_evaluated_and_saved_and_resume_continues_the_average(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-4000:]
-    results = json.loads(log.split("RESULTS ", 1)[1].splitlines()[0])
+    results, log = run_one_process(SCRIPT, tmp_path)
     assert results["eval_is_average"] == {"3": True, "6": True}, results
     assert results["eval_is_not_raw"] == {"3": True, "6": True}, results
     assert results["training_continues_raw"] and results["best_is_average_at_3"], results

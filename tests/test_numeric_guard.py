@@ -3,14 +3,9 @@ with a NaN loss (injected through $SUJI_FAULT_NAN_LOSS_AT, which makes backward 
 NaN) changes neither the weights nor the optimizer state, without ZeRO and under ZeRO-2 and ZeRO-3; K in a row stop
 the run with a UserError naming step, loss, grad norm and learning rate, and the checkpoints stay valid."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
-from .conftest import REPO_ROOT
-from .test_pretrain_e2e import free_port
+from .tiny_engine_model import run_one_process
 
 SCRIPT = textwrap.dedent('''
     import json, os, sys
@@ -63,13 +58,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_nan_steps_are_skipped_and_k_in_a_row_stop_the_run(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-4000:]
-    results = json.loads(log.split("RESULTS ", 1)[1].splitlines()[0])
+    results, log = run_one_process(SCRIPT, tmp_path)
     for stage in ("stage0", "stage2", "stage3"):
         r = results[stage]
         assert r["error"] is None and r["finite"], (stage, r)
