@@ -1,6 +1,7 @@
 """The training tricks in pretraining (suji_models.training.pretrain): switched by the recipes' options,
 and with --ema the final model is the exponential average of the weights the run stepped through."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,6 +13,7 @@ RUN = ["pretrain/run_mlm.py", "--train_file", CLUE, "--max_steps", STEPS, "--zer
        *COMMON]
 
 
+@pytest.mark.slow  # two pretraining runs (~1.5 min); CI runs the slow tests
 def test_ema_final_model_is_the_average_of_the_steps_weights(tmp_path):
     # EMA does not change training (dropout and masks are seeded by step): the plain run's per-step
     # checkpoints hold the raw weights W_1..W_4 that the EMA run averages
