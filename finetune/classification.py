@@ -28,9 +28,10 @@ train file is split by a seeded shuffle (THUCNews titles: dev.txt only here). --
 text per line (or JSON objects with a "text" field) and writes JSONL {text, label, probability,
 label_can} (multi-label: {text, labels}).
 
-Training tricks (suji_models.optim, switched by options; all off by default): --optimizer adax |
-adafactor, --layer_decay, --loss_trick fgm | gradient_penalty | rdrop (--trick_epsilon, --rdrop_alpha),
---child_tuning f | d (--child_tuning_reserve). Which of them ZeRO-3 refuses, and why: suji_models/optim.
+Training tricks (suji_models.optim; options of every recipe, all off by default): --optimizer adax |
+adafactor, --layer_decay, --loss_trick fgm | gradient_penalty | rdrop (--trick_epsilon, --rdrop_alpha; R-Drop
+is this recipe's own: single-label only), --child_tuning f | d (--child_tuning_reserve), --ema DECAY. Which of
+them ZeRO-3 refuses, and why: suji_models/optim.
 
 Results (dev accuracy %, measured here; one process per run on a heavily shared 2-core CPU):
 
@@ -109,7 +110,6 @@ import numpy as np
 import torch
 
 from suji_models.tasks.batching import length_batches
-from suji_models.optim.hooks import TrickOptions, step_hooks
 from suji_models.tasks.classification import (
     SujiForTextClassification,
     TextExample,
@@ -133,7 +133,7 @@ from suji_models.training.options import option
 
 
 @dataclass
-class ClassificationOptions(TrickOptions):
+class ClassificationOptions:
     format: Literal["tsv", "thucnews", "csl", "json"] = option("tsv", "data format (see the module docstring)")
     text_field: str = option("sentence", "json: the text field")
     label_field: str = option("label_desc", "json: the label field (a name, a list of names, or {name: p})")
@@ -149,6 +149,7 @@ class ClassificationTask(Task):
     Options = ClassificationOptions
     model_class = SujiForTextClassification
     best_metric = "accuracy"
+    supports_rdrop = True
     defaults = dict(output_dir="runs/cls", epochs=3.0, learning_rate=2e-5, per_device_batch_size=32,
                     max_seq_length=128)
 
@@ -182,8 +183,7 @@ class ClassificationTask(Task):
                  + (" (soft targets)" if self.soft_labels else ""))
 
     def encode(self, examples):
-        self.train_rows = list(examples)  # tokenized per batch in collate (texts are short; pairs need both)
-        return self.train_rows
+        return list(examples)  # tokenized per batch in collate (texts are short; pairs need both)
 
     def collate(self, rows):
         index = {name: i for i, name in enumerate(self.labels)}
@@ -197,18 +197,10 @@ class ClassificationTask(Task):
             config.cls_prior = label_prior(train, self.labels).tolist()
         return config
 
-    def step_hooks(self, args):
-        """The training tricks switched on by the options (suji_models.optim.hooks), else the plain step."""
-        if self.options.loss_trick == "rdrop" and self.multi_label:
+    def step_hooks(self, args, rows=()):
+        if self.tricks.loss_trick == "rdrop" and self.multi_label:
             raise ValueError("R-Drop's KL is over a softmax: single-label classification only")
-
-        def fisher_batches(device):
-            size, rows = args.per_device_batch_size, self.train_rows
-            for i in range(min(self.options.child_tuning_batches, -(-len(rows) // size))):
-                batch = self.collate(rows[i * size:(i + 1) * size])
-                yield {k: v.to(device) for k, v in batch.items()}
-
-        return step_hooks(self.options, args, fisher_batches)
+        return super().step_hooks(args, rows)
 
     # ---- evaluation and prediction -------------------------------------------------------------
     def predict(self, model, examples, forward):

@@ -104,6 +104,22 @@ def test_two_ranks_train_keep_the_best_and_predict_in_order(tmp_path):
     assert got == expected
 
 
+def test_every_recipe_takes_the_training_tricks(tmp_path):
+    """The generic UniLM toy (no trick code of its own) with EMA, ChildTuning-D and FGM next to a head learning
+    rate: the EMA's shadow weights are in the resumable checkpoint; R-Drop, which needs one softmax per example,
+    is refused in one line."""
+    lines = [line.strip()[:6] for line in SAMPLE.read_text(encoding="utf-8").splitlines() if len(line.strip()) >= 6]
+    (tmp_path / "train.tsv").write_text("\n".join(f"{s}\t{s}" for s in lines[:64]), encoding="utf-8")
+    out = tmp_path / "run"
+    common = ["--train_file", tmp_path / "train.tsv", "--per_device_batch_size", 8, "--max_steps", 4]
+    ok(*toy("copy", *common, "--save_steps", 2, "--ema", 0.9, "--child_tuning", "d", "--child_tuning_batches", 2,
+            "--loss_trick", "fgm", "--head_learning_rate", 0.01, "--output_dir", out), procs=1)
+    state = torch.load(out / "checkpoint-2" / "state" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert state["trick_state"]["decay"] == 0.9 and state["trick_state"]["shadow"]
+    code, log = launch(*toy("copy", *common, "--loss_trick", "rdrop", "--output_dir", tmp_path / "refused"), procs=1)
+    assert code != 0 and "rdrop compares the two softmax predictions" in log.strip().splitlines()[-1], log[-2000:]
+
+
 @pytest.mark.slow
 def test_zero3_trains_and_evaluates_in_lockstep(tmp_path):
     classify_data(tmp_path, n_train=120, n_dev=7)  # 4 + 3 dev examples: one rank runs a batch fewer

@@ -88,5 +88,7 @@ def step_hooks(options: TrickOptions, args, fisher_batches=None):
         return build_optimizer(model, options.optimizer, train_args.learning_rate, train_args.weight_decay,
                                options.layer_decay, stage, fused=getattr(train_args, "fused_adamw", False))
 
-    return StepHooks(forward_backward=forward_backward, optimizer=optimizer,
+    # the loop's own AdamW is the same update: leaving it in place lets --head_learning_rate compose with the tricks
+    own_optimizer = options.optimizer != "adamw" or options.layer_decay != 1.0
+    return StepHooks(forward_backward=forward_backward, optimizer=optimizer if own_optimizer else None,
                      after_step=ema.after_step if ema else None, weights=ema.applied if ema else None, state=ema)

@@ -10,8 +10,11 @@ the rest, the same for every recipe:
   albert / gpt2 folder or a TF checkpoint folder; its tokenizer unless ``--tokenizer``) or
   ``--model_preset NAME --model_overrides JSON --tokenizer VOCAB`` for a randomly initialized one;
 - data: ``--train_file`` / ``--dev_file``, or a seeded split of the train file (``--dev_fraction``,
-  ``--split_seed``; a task may split by passage / document instead); epochs -> steps; each rank
-  reads its own rows;
+  ``--split_seed``; a task may split by passage / document instead), seeded subsets for short runs
+  (``--train_limit`` / ``--dev_limit``); epochs -> steps; each rank reads its own rows;
+- the training tricks of `suji_models.optim` (`optim.hooks.TrickOptions`: AdaX / AdaFactor, layer-wise
+  lr decay, FGM, gradient penalty, ChildTuning, EMA; R-Drop where the task sets `supports_rdrop`),
+  and ``--head_learning_rate`` for a fresh head;
 - evaluation every epoch (or ``--eval_steps``) on each rank's share of dev, counts summed across
   ranks, the best checkpoint kept in ``OUTPUT_DIR/best``; after training the best checkpoint is
   reloaded and evaluated once more, and ``OUTPUT_DIR/results.json`` written;
@@ -41,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from ..configuration import PRESETS, SujiConfig
+from ..optim.hooks import TrickOptions, step_hooks
 from ..tasks.metrics import scores_from_counts
 from ..tasks.output import write_jsonl
 from ..tasks.readers import split_examples, subsample
@@ -112,7 +116,9 @@ class Task:
     best_metric = "f1"
     greater_is_better = True
     generates = False
+    supports_rdrop = False  # R-Drop needs one softmax prediction per example (`.logits` [B, C])
     defaults: dict = {}
+    tricks = TrickOptions()  # the driver sets the parsed options
 
     def __init__(self, options, args: FinetuneArgs, tokenizer, say=print):
         self.options, self.args, self.tokenizer, self.say = options, args, tokenizer, say
@@ -153,9 +159,21 @@ class Task:
             return self.model_class.from_pretrained(path, config=config)
         return self.model_class(config)
 
-    def step_hooks(self, args):
-        """A `training.loop.StepHooks` when the task changes the training step (training tricks), else None."""
-        return None
+    def step_hooks(self, args, rows=()):
+        """The `training.loop.StepHooks` of the training tricks switched on (`self.tricks`: the
+        `optim.hooks.TrickOptions` every recipe takes), else None. `rows`: the training rows, over whose
+        first batches ChildTuning-D sums its Fisher information."""
+        if self.tricks.loss_trick == "rdrop" and not self.supports_rdrop:
+            raise ValueError("--loss_trick rdrop compares the two softmax predictions of each example: "
+                             "single-label classification only; use fgm or gradient_penalty")
+        size = args.per_device_batch_size
+
+        def fisher_batches(device):
+            for i in range(min(self.tricks.child_tuning_batches, -(-len(rows) // size))):
+                batch = self.collate(rows[i * size:(i + 1) * size])
+                yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+        return step_hooks(self.tricks, args, fisher_batches)
 
     # ---- evaluation and prediction ---------------------------------------------------------------
     def predict(self, model, examples, forward) -> list:
@@ -291,9 +309,9 @@ def run(task_class, argv=None, **defaults) -> dict | None:
 
 
 def _run(task_class, argv=None, **defaults) -> dict | None:
-    classes = (FinetuneArgs, *((task_class.Options,) if task_class.Options else ()), TrainArgs)
+    classes = (FinetuneArgs, *((task_class.Options,) if task_class.Options else ()), TrickOptions, TrainArgs)
     parsed = parse_args(classes, argv, **{**FINETUNE_DEFAULTS, **task_class.defaults, **defaults})
-    common, args = parsed[0], parsed[-1]
+    common, tricks, args = parsed[0], parsed[-2], parsed[-1]
     options = parsed[1] if task_class.Options else None
     rank, world = init_distributed()
     say = _say(rank)
@@ -310,13 +328,14 @@ def _run(task_class, argv=None, **defaults) -> dict | None:
     with as_user_errors(ValueError, OSError, prefix="--tokenizer " if common.tokenizer else "--model "):
         tokenizer = load_tokenizer(common.tokenizer or common.model)
     task = task_class(options, common, tokenizer, say)
+    task.tricks = tricks
     with as_user_errors(ValueError, OSError):  # a reader's error names the file, line and field
         train_examples, dev_examples, split = load_data(task, common)
     task.describe(train_examples, dev_examples)
     output_dir = Path(args.output_dir)
     results = {"split": split, "train_examples": len(train_examples), "dev_examples": len(dev_examples),
                "args": {**dataclasses.asdict(common), **(dataclasses.asdict(options) if options else {}),
-                        **dataclasses.asdict(args)}}
+                        **dataclasses.asdict(tricks), **dataclasses.asdict(args)}}
     if common.do_train:
         if dev_examples and len(dev_examples) < world and zero3:
             raise UsageError(f"{len(dev_examples)} dev examples for {world} ranks: ZeRO-3 evaluation needs one per rank")
@@ -377,7 +396,7 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
     started = time.time()
     evaluation = Evaluation(evaluate, eval_steps, task.best_metric, task.greater_is_better) if dev_examples else None
     with as_user_errors(ValueError):  # a trick or optimizer the ZeRO stage refuses: one line, the reason
-        hooks = _with_head_learning_rate(task.step_hooks(args), common.head_learning_rate)
+        hooks = _with_head_learning_rate(task.step_hooks(args, rows), common.head_learning_rate)
     losses, engine = train(lambda: task.build_model(config, common.model or None), batches, args,
                            save_files=task.tokenizer.save_pretrained, evaluation=evaluation, hooks=hooks)
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step < args.max_steps:
