@@ -118,6 +118,8 @@ class ReadingComprehension(Task):
         return read_mrc(path, "auto", self.report)
 
     def split(self, examples):
+        a = self.args
+        self.split_rule = f"{1 - a.dev_fraction:.0%}/{a.dev_fraction:.0%} by passage (seed {a.split_seed})"
         return split_by_group(examples, lambda ex: ex.group, self.args.dev_fraction, self.args.split_seed)
 
     def describe(self, train, dev):

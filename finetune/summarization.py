@@ -140,6 +140,7 @@ class SummarizationTask(Task):
     def split(self, examples):
         if self.options.format == "lcsts" and all(e.human_label is not None for e in examples):
             cut = self.options.lcsts_min_label
+            self.split_rule = f"by human_label: the pairs labelled >= {cut} are dev"
             return [e for e in examples if e.human_label < cut], [e for e in examples if e.human_label >= cut]
         return super().split(examples)
 

@@ -65,6 +65,13 @@ def test_train_and_dev_limits_draw_seeded_subsets_after_the_split(tmp_path):
     assert load_data(Lines(None, args, None), args)[0] == train  # the same seed draws the same subset
     args.split_seed = 4
     assert load_data(Lines(None, args, None), args)[0] != train
+
+    class ByParity(Lines):  # a task's own split says how it chose dev
+        def split(self, examples):
+            self.split_rule = "even numbers as dev"
+            return [x for x in examples if int(x) % 2], [x for x in examples if not int(x) % 2]
+
+    assert load_data(ByParity(None, args, None), args)[2].startswith(f"{args.train_file} split even numbers as dev")
     _, full_dev, _ = load_data(Lines(None, args, None), args)
     args.dev_limit = 7
     _, small_dev, split = load_data(Lines(None, args, None), args)

@@ -129,8 +129,11 @@ class Task:
         """Required: examples of a data file (gold labels included when the file has them)."""
         raise NotImplementedError
 
+    split_rule: str | None = None  # how an overriding `split` chose dev, for the log and results.json
+
     def split(self, examples) -> tuple[list, list]:
-        """(train, dev) when no --dev_file is given: a seeded shuffle. Override to split by group."""
+        """(train, dev) when no --dev_file is given: a seeded shuffle. Override to split by group (and
+        say how in `self.split_rule`)."""
         return split_examples(examples, self.args.dev_fraction, self.args.split_seed)
 
     def read_predict(self, path) -> list:
@@ -290,8 +293,8 @@ def load_data(task: Task, common: FinetuneArgs):
             dev, split = task.read(common.dev_file), f"dev = {common.dev_file}"
         else:
             train_examples, dev = task.split(train_examples)
-            split = (f"{common.train_file} split {1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} "
-                     f"(seed {common.split_seed})")
+            split = f"{common.train_file} split " + (
+                task.split_rule or f"{1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} (seed {common.split_seed})")
     if common.train_limit and common.train_limit < len(train_examples):
         split += f"; training on {common.train_limit} of {len(train_examples)} examples (--train_limit)"
         train_examples = subsample(train_examples, common.train_limit, common.split_seed)
