@@ -41,8 +41,9 @@ thresholds; the rows below need a longer run than this CPU allowed (about 2-4 s 
 
 Each config: the 4,000 train sentences at --max_seq_length 128 (116 of 7,222 training links cut off and
 counted), batch 16, AdamW lr 2e-5 for the encoder and 1e-3 for the head (--head_learning_rate), 20 warmup
-steps, 150 steps (0.6 epoch), seed 42, evaluated on the first
-500 dev sentences (then --dev_limit 500; 0 for all 2,000), head_size 64. Run as
+steps, 1 epoch (250 steps; evaluated and checkpointed every 125), seed 42, evaluated on 500 dev sentences
+(--dev_limit 500, a seeded subset; 0 for all 2,000), head_size 64. The one measured cell ran the earlier
+form of the config: 150 steps, the first 500 dev sentences. Run as
 ``python finetune/relation_extraction.py --config configs/finetune/re_duie_gp_pretrained.json``. Expect
 numbers far below the published ones: 4,000 training sentences and a 7.3M-parameter encoder.
 """
