@@ -93,11 +93,9 @@ UniLM on 1,000 articles are far from writing titles. The randomly initialized ex
 reference one here (R-L 26.52 vs 23.95): sentence choice on news leans on position and length, which both
 learn, and one seed cannot separate them. The reference encoder does help the generator (inews R-L 5.18 vs
 3.98, LCSTS 4.77 vs 3.00). On LCSTS's short texts SPACES also edges out generate-only (R-L 5.34 vs 4.77).
-Copy and Sparse Softmax together lower SPACES to R-L 1.42 at this budget (best at step 63; 0.84 at step 126):
-the copy tags and the top-10 loss are two more things for a 126-step generator to learn, and the copy
-constraint then cuts off the frequent-word titles the plain generator falls back on. Whether they pay off
-with a trained generator, as in the post, is not shown here (the CSL rows of each switch alone are
-configured, not run). 7-28 minutes a run on the shared CPU.
+Copy and Sparse Softmax together lower SPACES to R-L 1.42 at this budget (best at step 63; 0.84 at step 126).
+One run cannot say which of the two does it, nor whether they pay off with a better-trained generator, as in
+the post: the CSL rows of each switch alone are configured, not run. 7-28 minutes a run on the shared CPU.
 """
 
 from __future__ import annotations
