@@ -60,11 +60,9 @@ published base-size figure, as expected. CSL abstracts have 2.8 sentences on ave
 one: extraction has little to do here (the extractor, at threshold 0.2, keeps more than lead-1 and scores
 below it; SPACES then matches generate-only within noise); inews (long news articles) is the case SPACES
 was made for: see the inews table below. The copy mechanism alone lifts generate-only from R-L 10.88 to 17.69 (BLEU 1.07 -> 4.93):
-CSL titles reuse abstract phrases, and the copy tags plus the span constraint let a 100-step generator copy
-them. Sparse Softmax (k=10) alone lowers it to 4.59 (best at step 50): at this budget the top-10 loss leaves
-too little signal. Random replacement of 10% of the target inputs (--exposure_bias_prob 0.1) leaves it level
-(R-L 10.65 vs 10.88, within one seed's noise). (The generate-only baseline rows were measured in an earlier session with the same configs
-and seeds; the switch rows this session.) Not measured on CSL: the random-initialization extractor and copy + Sparse
+CSL titles reuse abstract phrases. Sparse Softmax (k=10) alone lowers it to 4.59 (best at step 50) at this budget. Random replacement of 10% of the target inputs (--exposure_bias_prob 0.1) leaves it level
+(R-L 10.65 vs 10.88, within one seed's noise). (The generate-only baseline rows were measured earlier, with the same configs and seeds, on
+an older commit.) Not measured on CSL: the random-initialization extractor and copy + Sparse
 Softmax together (configs sum_csl_extract_random.json, sum_csl_generate_copy_sparse.json). After 100 steps the generators mostly emit frequent title words
 (ROUGE-L ~11 with BLEU ~1 for both encoders): the pretrained encoder shows no gain on this budget.
 
