@@ -38,10 +38,10 @@ the head (--head_learning_rate: see relation_extraction.py for why), 20 warmup s
 2 epochs (150 steps), seed 42, head_size 64. Run as
 ``python finetune/event_extraction.py --config configs/finetune/ee_duee_egp_pretrained.json``.
 Expect numbers far below the published ones: 1,194 training sentences and a 7.3M-parameter encoder.
-After 150 steps (loss 901 at step 25, 34 at step 100) GP predicts triggers (154 events at step 75, 246 at step 150; event F1 2.02
-at step 150, from events whose gold has no argument) but no argument span yet; EGP predicts nothing yet. The
-recipe learns (tests/test_extraction_recipes.py: held-out loss far below an untrained model's); the rows need
-many more steps than this CPU allowed, or a GPU.
+After 150 steps (loss 901 at step 25, 34 at step 100) GP predicts triggers (154 events at step 75, 246 at step
+150; event F1 2.02 at step 150, from events whose gold has no argument) but no argument span yet; EGP predicts
+nothing yet. The recipe learns (tests/test_extraction_recipes.py: held-out loss far below an untrained model's);
+the rows need many more steps than this CPU allowed, or a GPU.
 """
 
 from __future__ import annotations

@@ -80,12 +80,12 @@ Results (Spearman x 100 of cos(u, v) vs the label on dev, measured here; "raw / 
   {cosent_pretrained,sbert_pretrained,cosent_random,untrained_random}.json (and sim_{stsb,lcqmc}_cosent_random.json
   for the first table). 2-5 minutes a run.
 - Findings: CoSENT beats Sentence-BERT on every set measured (STS-B, LCQMC, PAWS-X, AFQMC, ATEC: +12.1, +17.5,
-  +0.8, +2.6, +6.0 raw), and Sentence-BERT's softmax objective leaves the raw cosines at or below the untrained
-  encoder's, as the CoSENT post argues. The reference encoder gains more from CoSENT than the random one on
-  every set (STS-B +9.4 vs +3.8, LCQMC +17.2 vs +4.2). PAWS-X pairs share almost all their characters (word-order paraphrase vs. not), so
-  every encoder here stays near 11-15 and one epoch of either objective does not move it; the published gain
-  needs a BERT-base encoder. Whitening lifts the untrained encoders on STS-B, LCQMC (reference), PAWS-X and
-  ATEC, not on AFQMC; after CoSENT training it helps only on STS-B and PAWS-X.
++0.8, +2.6, +6.0 raw), and Sentence-BERT's softmax objective leaves the raw cosines at or below the untrained
+encoder's, as the CoSENT post argues. The reference encoder gains more from CoSENT than the random one on every
+set (STS-B +9.4 vs +3.8, LCQMC +17.2 vs +4.2). PAWS-X pairs share almost all their characters (word-order
+paraphrase vs. not), so every encoder here stays near 11-15 and one epoch of either objective does not move it;
+the published gain needs a BERT-base encoder. Whitening lifts the untrained encoders on STS-B, LCQMC
+(reference), PAWS-X and ATEC, not on AFQMC; after CoSENT training it helps only on STS-B and PAWS-X.
 """
 
 from __future__ import annotations

@@ -55,16 +55,18 @@ CPU; encoder ../shared/models/suji-roformer-small-zh, 7.3M parameters, or the sa
 
     python finetune/summarization.py --config configs/finetune/sum_csl_extract.json    # and the other rows
 
-The generator rows are a 7.3M-parameter encoder trained for 100 steps on 800 pairs: far below the
-published base-size figure, as expected. CSL abstracts have 2.8 sentences on average and the oracle keeps
-one: extraction has little to do here (the extractor, at threshold 0.2, keeps more than lead-1 and scores
-below it; SPACES then matches generate-only within noise); inews (long news articles) is the case SPACES
-was made for: see the inews table below. The copy mechanism alone lifts generate-only from R-L 10.88 to 17.69 (BLEU 1.07 -> 4.93):
-CSL titles reuse abstract phrases. Sparse Softmax (k=10) alone lowers it to 4.59 (best at step 50) at this budget. Random replacement of 10% of the target inputs (--exposure_bias_prob 0.1) leaves it level
-(R-L 10.65 vs 10.88, within one seed's noise). (The generate-only baseline rows were measured earlier, with the same configs and seeds, on
-an older commit.) Not measured on CSL: the random-initialization extractor and copy + Sparse
-Softmax together (configs sum_csl_extract_random.json, sum_csl_generate_copy_sparse.json). After 100 steps the generators mostly emit frequent title words
-(ROUGE-L ~11 with BLEU ~1 for both encoders): the pretrained encoder shows no gain on this budget.
+The generator rows are a 7.3M-parameter encoder trained for 100 steps on 800 pairs: far below the published
+base-size figure, as expected. CSL abstracts have 2.8 sentences on average and the oracle keeps one: extraction
+has little to do here (the extractor, at threshold 0.2, keeps more than lead-1 and scores below it; SPACES then
+matches generate-only within noise); inews (long news articles) is the case SPACES was made for: see the inews
+table below. The copy mechanism alone lifts generate-only from R-L 10.88 to 17.69 (BLEU 1.07 -> 4.93): CSL
+titles reuse abstract phrases. Sparse Softmax (k=10) alone lowers it to 4.59 (best at step 50) at this budget.
+Random replacement of 10% of the target inputs (--exposure_bias_prob 0.1) leaves it level (R-L 10.65 vs 10.88,
+within one seed's noise). (The generate-only baseline rows were measured earlier, with the same configs and
+seeds, on an older commit.) Not measured on CSL: the random-initialization extractor and copy + Sparse Softmax
+together (configs sum_csl_extract_random.json, sum_csl_generate_copy_sparse.json). After 100 steps the
+generators mostly emit frequent title words (ROUGE-L ~11 with BLEU ~1 for both encoders): the pretrained encoder
+shows no gain on this budget.
 
 Results on inews (content -> title; --train_limit 1000 of the 5,298 train articles with content, --dev_limit 200
 of the 993 dev articles, both seeded; 2 epochs = 126 steps of 16, lr 5e-4; extractor windows of 512 tokens,

@@ -332,7 +332,7 @@ def test_trick_options_become_step_hooks():
     model = Layered()
     hooks = step_hooks(TrickOptions(optimizer="adax", layer_decay=0.5, loss_trick="gradient_penalty",
                                     child_tuning="d", child_tuning_reserve=0.5), args,
-                       lambda device: iter([BATCH]))
+                       lambda i: BATCH, num_batches=1)
     optimizer = hooks.optimizer(model, args)
     assert isinstance(optimizer, AdaX) and sorted({g["lr"] for g in optimizer.param_groups}) == [0.025, 0.05, 0.1]
     engine = BackwardEngine(model)

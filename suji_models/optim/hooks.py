@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from ..training.options import option
 from . import EMA, OPTIMIZERS, FGM, ChildTuningD, ChildTuningF, GradientPenalty, RDrop, build_optimizer, check_zero_stage
 
@@ -42,9 +44,10 @@ def zero_stage_of(args) -> int:
     return args.zero_stage if args.zero_stage is not None else stage
 
 
-def step_hooks(options: TrickOptions, args, fisher_batches=None):
-    """StepHooks for the switched-on tricks (None when none is). `fisher_batches()` yields the
-    training batches ChildTuning-D sums its Fisher information over."""
+def step_hooks(options: TrickOptions, args, batch_at=None, num_batches=None):
+    """StepHooks for the switched-on tricks (None when none is). `batch_at(i)` is the i-th training
+    batch: ChildTuning-D sums its Fisher information over the first --child_tuning_batches of them
+    (at most `num_batches`, when the data has an end)."""
     from ..training.loop import StepHooks
 
     stage = zero_stage_of(args)
@@ -73,11 +76,12 @@ def step_hooks(options: TrickOptions, args, fisher_batches=None):
         return None
     loss_trick = next((t for t in tricks if hasattr(t, "loss")), None)
     attached = []
+    count = options.child_tuning_batches if num_batches is None else min(options.child_tuning_batches, num_batches)
 
     def forward_backward(engine, batch):
         if child is not None and not attached:  # gradient hooks go on before the first backward
             if isinstance(child, ChildTuningD):
-                child.prepare(engine.module, fisher_batches(engine.device))
+                child.prepare(engine.module, _first_batches(batch_at, count, engine.device))
             child.attach(engine)
             attached.append(child)
         loss = loss_trick.loss(engine, batch) if loss_trick is not None else engine(**batch).loss
@@ -92,3 +96,8 @@ def step_hooks(options: TrickOptions, args, fisher_batches=None):
     own_optimizer = options.optimizer != "adamw" or options.layer_decay != 1.0
     return StepHooks(forward_backward=forward_backward, optimizer=optimizer if own_optimizer else None,
                      after_step=ema.after_step if ema else None, weights=ema.applied if ema else None, state=ema)
+
+
+def _first_batches(batch_at, count: int, device):
+    for i in range(count):
+        yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch_at(i).items()}

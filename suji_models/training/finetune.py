@@ -170,13 +170,8 @@ class Task:
             raise ValueError("--loss_trick rdrop compares the two softmax predictions of each example: "
                              "single-label classification only; use fgm or gradient_penalty")
         size = args.per_device_batch_size
-
-        def fisher_batches(device):
-            for i in range(min(self.tricks.child_tuning_batches, -(-len(rows) // size))):
-                batch = self.collate(rows[i * size:(i + 1) * size])
-                yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-        return step_hooks(self.tricks, args, fisher_batches)
+        return step_hooks(self.tricks, args, lambda i: self.collate(rows[i * size:(i + 1) * size]),
+                          num_batches=-(-len(rows) // size))
 
     # ---- evaluation and prediction ---------------------------------------------------------------
     def predict(self, model, examples, forward) -> list:

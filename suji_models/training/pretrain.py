@@ -181,14 +181,11 @@ def _run(objective: str, model_class, argv=None, **defaults):
     def save_files(path):
         tokenizer.save_pretrained(path)
 
-    def fisher_batches(device):  # ChildTuning-D's Fisher information: the first training batches
-        for index in range(tricks.child_tuning_batches):
-            batch = batches(index, rank, world)
-            batch.pop("sample_ids", None)
-            yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    def batch_at(index):  # for ChildTuning-D's Fisher information
+        return {k: v for k, v in batches(index, rank, world).items() if k != "sample_ids"}
 
     with as_user_errors(ValueError):  # a trick the ZeRO stage refuses: one line, the reason
-        hooks = step_hooks(tricks, args, fisher_batches)
+        hooks = step_hooks(tricks, args, batch_at)
     losses, engine = train(make_model, batches, args, save_files=save_files,
                            flops_per_token=partial(flops_per_token, seq_len=data.max_seq_length), hooks=hooks)
     if args.stop_at_step and losses and losses[-1][0] == args.stop_at_step:
