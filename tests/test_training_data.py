@@ -270,3 +270,25 @@ def test_head_learning_rate_applies_to_the_parameters_outside_the_encoder_only()
     assert _with_head_learning_rate(None, 0.0) is None  # off: the loop's own AdamW
     with pytest.raises(UsageError, match="--head_learning_rate"):
         _with_head_learning_rate(StepHooks(optimizer=lambda model, args: None), 1e-2)
+
+
+def test_length_grouped_rows_cover_each_epoch_with_less_padding():
+    lengths = [int(x) for x in torch.randint(1, 200, (400,), generator=torch.Generator().manual_seed(1))]
+    rows, batch = list(range(400)), 8
+    grouped, plain = RowSource(rows, batch, seed=3, lengths=lengths, group_batches=10), RowSource(rows, batch, 3)
+
+    def padding(source):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in (source.indices(t, 0, 1) for t in range(50)))
+
+    epoch = [i for t in range(50) for i in grouped.indices(t, 0, 1)]
+    assert sorted(epoch) == rows  # every row once per epoch
+    assert padding(grouped) < padding(plain) / 4
+    second = [i for t in range(50, 100) for i in grouped.indices(t, 0, 1)]
+    assert sorted(second) == rows and second != epoch  # reshuffled each epoch
+    # a pure function of the global micro-batch: 2 ranks read what 1 process reads, interleaved
+    two = [i for t in range(25) for r in range(2) for i in grouped.indices(t, r, 2)]
+    assert two == epoch
+    assert grouped.indices(7, 0, 1) == RowSource(rows, batch, 3, lengths, 10).indices(7, 0, 1)
+    with pytest.raises(ValueError, match="3 lengths for 400 rows"):
+        RowSource(rows, batch, 3, lengths[:3])

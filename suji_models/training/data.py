@@ -174,17 +174,38 @@ def encode_pairs(batch, *, tokenizer, max_length, source="source", target="targe
 
 class RowSource:
     """Rows of a map-style dataset for (micro-step, rank): global sample g = (t*world + r)*B + j,
-    epoch = g // N, row = permutation_epoch[g % N]. Every rank reads a disjoint slice."""
+    epoch = g // N, row = permutation_epoch[g % N]. Every rank reads a disjoint slice.
 
-    def __init__(self, dataset, batch_size: int, seed: int):
+    With `lengths` (one per row) the epoch's permutation is length-grouped, as transformers'
+    `group_by_length`: the shuffled rows are cut into groups of `group_batches` batches, each group is
+    sorted by length and its batches are shuffled again. A batch then holds rows of similar length, so
+    little of it is padding (a head scoring L x L spans pays for padding squared); the order is still
+    a function of (seed, epoch) only, so exact resume and world-size changes keep working."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, lengths=None, group_batches: int = 50):
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} rows")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.lengths, self.group_batches = lengths, group_batches
         self._perm_epoch, self._perm = None, None
 
     def _permutation(self, epoch: int):
         if epoch != self._perm_epoch:
             gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=gen), epoch
+            perm = torch.randperm(len(self.dataset), generator=gen)
+            if self.lengths is not None:
+                perm = self._grouped(perm, gen)
+            self._perm, self._perm_epoch = perm, epoch
         return self._perm
+
+    def _grouped(self, perm: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        size, out = self.batch_size * self.group_batches, []
+        for start in range(0, len(perm), size):
+            group = sorted(perm[start:start + size].tolist(), key=lambda i: -self.lengths[i])
+            batches = [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+            for b in torch.randperm(len(batches), generator=gen).tolist():
+                out.extend(batches[b])
+        return torch.tensor(out)
 
     def indices(self, index: int, rank: int, world: int) -> list[int]:
         """Dataset indices of the rows of micro-step `index` on `rank` (they depend on `index * world + rank`

@@ -80,6 +80,8 @@ class FinetuneArgs:
     max_seq_length: int = option(128, "tokens per training row (longer inputs are truncated or windowed, "
                                       "as the task says)")
     epochs: float = option(3.0, "training epochs, used when --max_steps is 0")
+    group_by_length: bool = option(False, "batch training rows of similar length (shuffled within groups of 50 "
+                                          "batches): less padding, faster for long-tailed lengths")
     eval_steps: int = option(0, "evaluate every N steps (0: once per epoch, and after the last step)")
     eval_batch_size: int = option(64, "rows per evaluation / prediction batch")
     do_train: bool = option(True, "false: only evaluate --dev_file and/or --predict with the --model checkpoint")
@@ -363,7 +365,8 @@ def _train(task, common, args, train_examples, dev_examples, split, rank, world,
     rows = task.encode(train_examples)
     if not rows:
         raise UsageError(f"{common.train_file}: no training rows after encoding")
-    source = RowSource(rows, args.per_device_batch_size, args.seed)
+    lengths = [len(row["input_ids"]) for row in rows] if common.group_by_length else None
+    source = RowSource(rows, args.per_device_batch_size, args.seed, lengths)
     if args.resume:  # a run resumed on another number of processes keeps its global batch, hence its steps
         path, layout = newest_layout(Path(args.output_dir))
         kept = keep_global_batch(args, layout, world, path, say=say)
