@@ -137,8 +137,9 @@ class CopySpanLogitsProcessor(LogitsProcessor):
     `tags_of_step()`: the O/B/I tag (0/1/2) of the token about to be chosen, one per row, or their
     logits [rows, 3] (e.g. ``lambda: model.last_copy_logits``, which the model sets in each forward).
     A B with no source token, or an I with nothing that extends its span (or no span to extend:
-    then it starts one, as a B), degrades to the next weaker tag; :meth:`effective_tags` says which
-    tag each generated token was given. Each hypothesis's state is keyed by its tokens, so beams
+    then it starts one, as a B), degrades to the next weaker tag; so does a tag whose tokens an earlier
+    processor has all ruled out (score -inf: n-gram blocking, a top-k), so that no row is left with
+    nothing to choose. :meth:`effective_tags` says which tag each generated token was given. Each hypothesis's state is keyed by its tokens, so beams
     that are reordered, dropped or duplicated keep their own spans."""
 
     def __init__(self, sources, prompt_length: int, tags_of_step, num_beams: int = 1, eos_token_id: int | None = None):
@@ -169,18 +170,20 @@ class CopySpanLogitsProcessor(LogitsProcessor):
         tags = self.tags_of_step()
         tags = (tags.argmax(-1) if tags.dim() == 2 else tags).tolist()
         keep = torch.ones_like(scores, dtype=torch.bool)
+        open_ = torch.isfinite(scores)
         for row, generated in enumerate(input_ids[:, self.prompt_length:].tolist()):
             item, generated = row // self.num_beams, tuple(generated)
             if self.eos_token_id is not None and self.eos_token_id in generated:
                 continue  # a finished row (greedy keeps feeding it): nothing to constrain
             tag, allowed = tags[row], None
+            candidates = set(open_[row].nonzero().view(-1).tolist())
             if tag == 2:
                 span = self._span(item, generated)
-                allowed = self.continuations(item, span) if span is not None else set()
+                allowed = self.continuations(item, span) & candidates if span is not None else set()
                 if not allowed:
                     tag = 1
             if tag == 1:
-                allowed = set(self.sources[item])
+                allowed = set(self.sources[item]) & candidates
                 if not allowed:
                     tag = 0
             self._decided[(item, generated)] = tag

@@ -4,6 +4,8 @@ summarization model's losses; the processors composed with beam search in genera
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -16,7 +18,14 @@ from suji_models.generation import (
     TargetNoRepeatNGramLogitsProcessor,
 )
 from suji_models.losses import sparse_softmax, sparse_softmax_cross_entropy
-from suji_models.tasks.summarization import TAG_B, TAG_I, TAG_O, SujiForSummarization, copy_bio_tags
+from suji_models.tasks.summarization import (
+    TAG_B,
+    TAG_I,
+    TAG_O,
+    SujiForSummarization,
+    copy_bio_tags,
+    generate_summaries,
+)
 
 # ---- Sparse Softmax ---------------------------------------------------------------------------------
 
@@ -126,6 +135,51 @@ def test_copy_processor_masks_exactly_the_continuations():
     # O: nothing masked; copy-tag logits are accepted too
     tags["now"] = torch.tensor([[3.0, 0.0, 0.0]])
     assert torch.isfinite(processor(torch.tensor([[0, 5, 6, 8]]), torch.zeros(1, 10))).all()
+
+
+def test_copy_processor_degrades_when_earlier_processors_ruled_out_its_tokens():
+    source = [5, 6, 7, 5, 6, 8]
+    tags = {"now": torch.tensor([TAG_I])}
+    processor = CopySpanLogitsProcessor([source], 1, lambda: tags["now"])
+    processor(torch.tensor([[0]]), torch.zeros(1, 10))  # step 0 given I: no span yet, so it starts one (B)
+    scores = torch.zeros(1, 10)
+    scores[0, 6] = float("-inf")  # the only continuation of "5" blocked (a top-k or n-gram blocking)
+    out = processor(torch.tensor([[0, 5]]), scores)
+    assert set(torch.isfinite(out[0]).nonzero().view(-1).tolist()) == {5, 7, 8}  # I -> B: any open source token
+    assert processor.effective_tags(0, [5, 7]) == [TAG_B, TAG_B]
+    scores = torch.full((1, 10), float("-inf"))
+    scores[0, 3] = 0.0  # no source token open at all: B -> O, the one open token stays
+    out = processor(torch.tensor([[0, 5, 7]]), scores)
+    assert torch.isfinite(out[0]).nonzero().view(-1).tolist() == [3]
+
+
+def test_summaries_with_copy_and_sparse_softmax_keep_the_copy_invariant():
+    model = _tiny_model(copy_head=True)
+    with torch.no_grad():  # a tagger that always says "continue copying"
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    tokenizer = SimpleNamespace(cls_token_id=1, sep_token_id=2, pad_token_id=0,
+                                decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
+    seen = []
+    original = CopySpanLogitsProcessor.__call__
+
+    def spy(self, input_ids, scores):
+        out = original(self, input_ids, scores)
+        assert torch.isfinite(out).any(-1).all()  # every row keeps something to choose
+        seen.append(self)
+        return out
+
+    sources = [[10, 11, 12, 13, 14, 15, 16], [40, 41, 42, 40, 43, 44, 45]]
+    with patch.object(CopySpanLogitsProcessor, "__call__", spy), \
+            patch("suji_models.tasks.summarization.source_ids", lambda tok, text, n: list(text)[:n]):
+        for k in (1, 2):  # a top-k that, applied before the copy mask, would leave rows with nothing to pick
+            summaries = generate_summaries(model, tokenizer, sources, max_source_tokens=16, max_new_tokens=8,
+                                           num_beams=3, no_repeat_ngram_size=2, copy=True, sparse_softmax_k=k)
+            assert all(s for s in summaries)
+    processor = seen[-1]
+    for item, source in enumerate(sources):
+        for generated in {key[1] for key in processor._decided if key[0] == item}:
+            _check_copy_invariant(processor, item, list(generated), source)
 
 
 def _tiny_model(**switches):

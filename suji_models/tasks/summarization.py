@@ -528,9 +528,10 @@ def generate_summaries(model, tokenizer, sources, *, max_source_tokens: int, max
         width = max(map(len, prompts))
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        # Order matters: hard constraints first (blocked n-grams, then the copy span among what is left),
+        # Sparse Softmax's top-k renormalization last, over the tokens the constraints allow. Top-k first
+        # would often leave a copied span no allowed continuation.
         processors = []
-        if sparse_softmax_k:
-            processors.append(SparseSoftmaxLogitsProcessor(sparse_softmax_k))
         if no_repeat_ngram_size:
             processors.append(TargetNoRepeatNGramLogitsProcessor(no_repeat_ngram_size, width))
         if copy:
@@ -538,6 +539,8 @@ def generate_summaries(model, tokenizer, sources, *, max_source_tokens: int, max
                 raise ValueError("copy decoding needs a model trained with the copy head (config.copy_head)")
             processors.append(CopySpanLogitsProcessor([encoded[i] for i in index], width,
                                                       lambda: model.last_copy_logits, num_beams, sep))
+        if sparse_softmax_k:
+            processors.append(SparseSoftmaxLogitsProcessor(sparse_softmax_k))
         generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                                    num_beams=num_beams, do_sample=False, eos_token_id=sep, pad_token_id=pad,
                                    logits_processor=processors)
