@@ -79,6 +79,21 @@ def test_train_and_dev_limits_draw_seeded_subsets_after_the_split(tmp_path):
     assert "evaluating on 7 of 20 dev examples" in split
 
 
+def test_without_training_the_held_out_split_is_evaluated(tmp_path):
+    class Lines(Task):
+        def read(self, path):
+            return path.read_text(encoding="utf-8").split()
+
+    (tmp_path / "train.txt").write_text(" ".join(str(i) for i in range(100)), encoding="utf-8")
+    args = FinetuneArgs(train_file=tmp_path / "train.txt", dev_fraction=0.2, split_seed=3)
+    _, dev, _ = load_data(Lines(None, args, None), args)
+    args.do_train = False  # re-scoring a finetuned model: the same 20 held-out examples, nothing to train on
+    train, again, split = load_data(Lines(None, args, None), args)
+    assert train == [] and again == dev and split.startswith("dev = the held-out part of")
+    args.train_file = ""
+    assert load_data(Lines(None, args, None), args)[:2] == ([], [])
+
+
 def test_every_option_has_help_and_bad_choices_stop_at_once():
     from suji_models.training.loop import TrainArgs
     from suji_models.training.options import build_parser
@@ -109,6 +124,9 @@ def test_two_ranks_train_keep_the_best_and_predict_in_order(tmp_path):
             "--predict_output", predictions, "--output_dir", tmp_path / "predict"))
     got = [json.loads(line)["prediction"] for line in predictions.read_text(encoding="utf-8").splitlines()]
     assert got == expected
+    code, log = launch(*toy("classify", "--do_train", "false", "--model", out / "best", "--output_dir",
+                            tmp_path / "idle"), procs=1)
+    assert code != 0 and "nothing to evaluate or predict" in log.strip().splitlines()[-1], log[-2000:]
 
 
 def test_every_recipe_takes_the_training_tricks(tmp_path):

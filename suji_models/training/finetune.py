@@ -84,7 +84,8 @@ class FinetuneArgs:
                                           "batches): less padding, faster for long-tailed lengths")
     eval_steps: int = option(0, "evaluate every N steps (0: once per epoch, and after the last step)")
     eval_batch_size: int = option(64, "rows per evaluation / prediction batch")
-    do_train: bool = option(True, "false: only evaluate --dev_file and/or --predict with the --model checkpoint")
+    do_train: bool = option(True, "false: only evaluate (--dev_file, or the held-out split of --train_file) and/or "
+                                  "--predict with the --model checkpoint")
     predict: str = option("", "file to predict after training (the task's input format)")
     predict_output: str = option("", "where predictions go (default OUTPUT_DIR/predictions.jsonl)")
     head_learning_rate: float = option(0.0, "learning rate of the task head (the parameters outside the encoder); "
@@ -278,20 +279,21 @@ def encoder_config(common: FinetuneArgs, tokenizer) -> SujiConfig:
 
 
 def load_data(task: Task, common: FinetuneArgs):
-    """(train examples, dev examples, how dev was chosen)."""
-    if not common.do_train:
-        train_examples, dev = [], task.read(common.dev_file) if common.dev_file else []
-        split = f"dev = {common.dev_file}"
-    elif not common.train_file:
+    """(train examples, dev examples, how dev was chosen). Without training, dev is --dev_file, or else
+    the held-out part of --train_file's split (the same seeded split the training run made)."""
+    if common.do_train and not common.train_file:
         raise UsageError("--train_file is required for training (or --do_train false with --model)")
+    if common.dev_file:
+        train_examples = task.read(common.train_file) if common.do_train else []
+        dev, split = task.read(common.dev_file), f"dev = {common.dev_file}"
+    elif common.train_file:
+        train_examples, dev = task.split(task.read(common.train_file))
+        split = f"{common.train_file} split " + (
+            task.split_rule or f"{1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} (seed {common.split_seed})")
+        if not common.do_train:
+            train_examples, split = [], f"dev = the held-out part of {split}"
     else:
-        train_examples = task.read(common.train_file)
-        if common.dev_file:
-            dev, split = task.read(common.dev_file), f"dev = {common.dev_file}"
-        else:
-            train_examples, dev = task.split(train_examples)
-            split = f"{common.train_file} split " + (
-                task.split_rule or f"{1 - common.dev_fraction:.0%}/{common.dev_fraction:.0%} (seed {common.split_seed})")
+        train_examples, dev, split = [], [], "no dev set"
     if common.train_limit and common.train_limit < len(train_examples):
         split += f"; training on {common.train_limit} of {len(train_examples)} examples (--train_limit)"
         train_examples = subsample(train_examples, common.train_limit, common.split_seed)
@@ -347,6 +349,9 @@ def _run(task_class, argv=None, **defaults) -> dict | None:
     else:
         if not common.model:
             raise UsageError("--do_train false needs --model (a finetuned checkpoint of this task)")
+        if not dev_examples and not common.predict:
+            raise UsageError("--do_train false: nothing to evaluate or predict; give --dev_file, --train_file (its "
+                             "held-out split is evaluated) or --predict")
         model_path = Path(common.model)
     model = task.model_class.from_pretrained(model_path).eval()
     results.update(_final_evaluation(task, model, dev_examples, common, output_dir, rank, world, say))
