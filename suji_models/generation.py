@@ -139,8 +139,9 @@ class CopySpanLogitsProcessor(LogitsProcessor):
     A B with no source token, or an I with nothing that extends its span (or no span to extend:
     then it starts one, as a B), degrades to the next weaker tag; so does a tag whose tokens an earlier
     processor has all ruled out (score -inf: n-gram blocking, a top-k), so that no row is left with
-    nothing to choose. :meth:`effective_tags` says which tag each generated token was given. Each hypothesis's state is keyed by its tokens, so beams
-    that are reordered, dropped or duplicated keep their own spans."""
+    nothing to choose. :meth:`effective_tags` says which tag each generated token was given. Each
+    hypothesis's state is keyed by its tokens, so beams that are reordered, dropped or duplicated keep
+    their own spans."""
 
     def __init__(self, sources, prompt_length: int, tags_of_step, num_beams: int = 1, eos_token_id: int | None = None):
         self.sources = [list(map(int, s)) for s in sources]
