@@ -45,12 +45,14 @@ CPU; encoder ../shared/models/suji-roformer-small-zh, 7.3M parameters, or the sa
 | extractive oracle (greedy, whole sentences; sum_csl_extract)  | 30.54 | 22.70 | 27.02 | 12.71 | 26.00 |
 | lead-1 sentence (no model)                                    | 25.94 | 19.10 | 22.69 | 10.17 | 21.90 |
 | extractive model (sum_csl_extract)                            | 20.86 | 15.64 | 18.66 |  7.97 | 17.89 |
+| extractive model, random init (sum_csl_extract_random)        | 20.40 | 15.16 | 18.03 |  7.59 | 17.36 |
 | generate-only, UniLM on the source (sum_csl_generate)         | 11.44 |  3.29 | 10.88 |  1.07 |  7.95 |
 | SPACES: extractor's picks -> generator (sum_csl_spaces)       | 11.09 |  3.13 | 10.47 |  1.05 |  7.66 |
 | generate-only, random init (sum_csl_generate_random)          | 12.04 |  3.41 | 11.95 |  0.59 |  8.55 |
 | generate-only + copy (sum_csl_generate_copy)                  | 18.85 |  9.06 | 17.69 |  4.93 | 14.47 |
 | generate-only + Sparse Softmax k=10 (sum_csl_generate_sparse) |  4.61 |  0.16 |  4.59 |  0.54 |  2.82 |
 | generate-only + exposure bias p=0.1 (sum_csl_generate_exposure) | 11.13 |  2.88 | 10.65 |  0.99 |  7.64 |
+| generate-only + copy + Sparse Softmax k=10 (sum_csl_generate_copy_sparse) | 26.88 | 17.23 | 24.23 | 11.74 | 21.96 |
 | published: pretrained base UniLM (bert4torch), CSL dev        |       |       | 63.65 | 44.21 |       |
 
     python finetune/summarization.py --config configs/finetune/sum_csl_extract.json    # and the other rows
@@ -80,7 +82,7 @@ generator inputs of 256; char-level F %):
 | generate-only, UniLM on the source (sum_inews_generate)       |  5.78 |  0.51 |  5.18 |  0.48 |  3.43 |
 | generate-only, random init (sum_inews_generate_random)        |  4.38 |  0.09 |  3.98 |  0.02 |  2.51 |
 | SPACES: extractor's picks -> generator (sum_inews_spaces)     |  7.04 |  0.91 |  5.95 |  0.62 |  4.15 |
-| SPACES + copy + Sparse Softmax k=10 (sum_inews_spaces_copy_sparse) | 1.45 | 0.10 | 1.42 | 0.11 | 0.90 |
+| SPACES + copy + Sparse Softmax k=10 (sum_inews_spaces_copy_sparse) | 14.41 | 9.30 | 13.02 | 5.29 | 11.81 |
 
 Results on LCSTS part III (the 725 pairs with human_label >= 3 are dev, --dev_limit 300 of them, seeded; the
 other 381 pairs train: 4 epochs = 96 steps; inputs of 192 tokens):
