@@ -46,7 +46,8 @@ view. Why two rates: the link pointers start with a loss in the hundreds (48+ pr
 0); at one rate of 2e-4 or 1e-3 for everything that loss collapses the encoder and nothing is ever predicted
 (found on 8 training sentences), while the encoder at 1e-4 (or 2e-5) with the head at 3e-3 (or 1e-3) fits.
 The 1e-4 / 3e-3 pair learns much faster than 2e-5 / 1e-3, which after 150 steps had predicted no triple: with
-it the smoke test (4 predicates, 400 short sentences) reaches held-out F1 0.56 in 300 steps.
+it, on the smoke test's data (4 predicates, 400 short sentences, head_size 32), held-out F1 is 0.20 after 50
+steps and 0.56 after 300.
 """
 
 from __future__ import annotations
